@@ -1,0 +1,1 @@
+"""CroSearch: a multilingual search agent (runtime library shared by app, eval and training)."""

@@ -1,0 +1,67 @@
+"""Where things live and the knobs everyone shares, in one typed place.
+
+`Settings` holds every option the command-line tools have in common; each field's
+`help` metadata becomes its `--flag` help text, so the CLI and the code cannot drift.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_EMBEDDER = "bundled:multilingual-e5-small"
+
+
+def data_home() -> Path:
+    """Generated artefacts (models, indexes, checkpoints): `CROSEARCH_HOME` or `.crosearch/`."""
+    return Path(os.environ.get("CROSEARCH_HOME") or REPO_ROOT / ".crosearch").resolve()
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """Local copies of the QA data sets: `--data-dir`, `CROSEARCH_DATA_DIR`, `../shared/data`.
+
+    None means "no local copy": loaders then go to the Hugging Face hub.
+    """
+    for candidate in (explicit, os.environ.get("CROSEARCH_DATA_DIR")):
+        if candidate:
+            return Path(candidate).expanduser().resolve()
+    shared = REPO_ROOT.parent / "shared" / "data"
+    return shared.resolve() if shared.is_dir() else None
+
+
+def _opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Settings:
+    collection: str = _opt("xquad-partial", "collection to search; combine with '+', e.g. xquad-partial+wiki-summaries")
+    languages: list[str] | None = _opt(None, "languages to index/search (default: all languages of the collection)", nargs="+")
+    embedder: str = _opt(BUNDLED_EMBEDDER, "sentence-transformers model id or folder (default: the bundled multilingual-e5-small)")
+    index_type: str = _opt("flat", "FAISS index: 'flat' (exact inner product) or 'hnsw' (approximate, for large collections)", choices=["flat", "hnsw"])
+    k: int = _opt(5, "evidence items returned per search")
+    align_threshold: float = _opt(0.90, "cosine above which passages in different languages count as translations of one another")
+    rrf_k: int = _opt(60, "reciprocal rank fusion constant: score = sum 1 / (rrf_k + rank)")
+    detector: str = _opt("py3langid", "language detector", choices=["py3langid", "langdetect"])
+    data_dir: str | None = _opt(None, "folder with local copies of the data sets (else CROSEARCH_DATA_DIR, ../shared/data, then the hub)")
+    seed: int = _opt(0, "random seed")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, only: list[str] | None = None) -> None:
+        for f in dataclasses.fields(cls):
+            if only is not None and f.name not in only:
+                continue
+            meta = dict(f.metadata)
+            help_text = meta.pop("help")
+            flag = "--" + f.name.replace("_", "-")
+            if f.type in ("int", "float"):  # annotations are strings here (postponed evaluation)
+                meta.setdefault("type", {"int": int, "float": float}[f.type])
+            parser.add_argument(flag, dest=f.name, default=f.default, help=f"{help_text} (default: %(default)s)", **meta)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Settings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})

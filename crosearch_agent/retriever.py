@@ -1,0 +1,185 @@
+"""Cross-lingual retrieval: search several language indexes, align translations, fuse by rank.
+
+One query vector searches each language's index (the embedder puts every language in one
+space). The candidates are then *aligned*: passages in different languages whose vectors
+are close enough to be translations of each other become one `Evidence` item listing every
+language and passage it was found in. Items are ranked by reciprocal rank fusion (RRF) of
+their members' per-language ranks, not by raw cosine: raw scores are not comparable across
+indexes (an embedder scores text in the query's own language higher), while ranks are. A
+fact found in three languages collects three votes.
+
+Callers decide the turn strategy: the agent searches the query language first (local),
+then the others (global expansion); the retrieval evaluation's `aligned` method searches
+all of them in one call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crosearch_agent.store import Collection, Passage
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One passage as one language's index returned it."""
+    passage: Passage
+    score: float   # cosine similarity to the query
+    rank: int      # 1-based rank in its language's result list
+
+
+@dataclass
+class Evidence:
+    """One piece of evidence: the same content, found in one or more languages."""
+    rank: int
+    score: float                               # fused (RRF) score
+    members: list[Hit] = field(default_factory=list)  # members[0] is the one shown
+
+    @property
+    def lang(self) -> str:
+        return self.members[0].passage.lang
+
+    @property
+    def languages(self) -> list[str]:
+        return [h.passage.lang for h in self.members]
+
+    @property
+    def passage_ids(self) -> list[str]:
+        return [h.passage.id for h in self.members]
+
+    @property
+    def doc_ids(self) -> set[str]:
+        return {h.passage.doc_id for h in self.members}
+
+    @property
+    def title(self) -> str:
+        return self.members[0].passage.title
+
+    @property
+    def text(self) -> str:
+        return self.members[0].passage.text
+
+
+class _Groups:
+    """Union-find over candidates that keeps at most one passage per language in a group."""
+
+    def __init__(self, langs: list[str]):
+        self.parent = list(range(len(langs)))
+        self.langs = [{lang} for lang in langs]
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b and not (self.langs[a] & self.langs[b]):
+            self.parent[b] = a
+            self.langs[a] |= self.langs[b]
+
+
+def align(langs: list[str], vectors: np.ndarray, threshold: float) -> list[list[int]]:
+    """Group candidate indices whose vectors say the same thing in different languages.
+
+    Greedy on the most similar cross-language pairs first, so each passage joins its best
+    translation; a group never holds two passages of one language (that would be two
+    different passages, or a duplicate, not a translation).
+    """
+    n = len(langs)
+    if n == 0:
+        return []
+    sims = vectors @ vectors.T
+    lang_arr = np.array(langs)
+    i, j = np.triu_indices(n, k=1)
+    keep = (lang_arr[i] != lang_arr[j]) & (sims[i, j] >= threshold)
+    i, j = i[keep], j[keep]
+    groups = _Groups(langs)
+    order = np.argsort(-sims[i, j], kind="stable")
+    for a, b in zip(i[order], j[order]):
+        groups.join(int(a), int(b))
+    by_root: dict[int, list[int]] = {}
+    for x in range(n):
+        by_root.setdefault(groups.find(x), []).append(x)
+    return list(by_root.values())
+
+
+class Retriever:
+    def __init__(self, collection: Collection, embedder, rrf_k: int = 60, align_threshold: float = 0.90,
+                 depth: int = 10):
+        self.collection, self.embedder = collection, embedder
+        self.rrf_k, self.align_threshold, self.depth = rrf_k, align_threshold, depth
+
+    @property
+    def languages(self) -> list[str]:
+        return self.collection.languages
+
+    def _hits(self, qvecs: np.ndarray, lang: str, k: int) -> list[list[tuple[Hit, int]]]:
+        """Per query: (hit, position in the index) for the top k of one language."""
+        scores, positions = self.collection.search(lang, qvecs, k)
+        passages = self.collection.passages[lang]
+        return [[(Hit(passages[p], float(s), r + 1), int(p)) for r, (s, p) in enumerate(zip(srow, prow)) if p >= 0]
+                for srow, prow in zip(scores, positions)]
+
+    def _check(self, languages) -> list[str]:
+        languages = list(dict.fromkeys(languages or self.languages))
+        unknown = [l for l in languages if l not in self.collection.indexes]
+        if unknown:
+            raise ValueError(f"no index for language(s) {unknown}; this collection has {self.languages}")
+        return languages
+
+    def search(self, query: str, languages=None, k: int = 5, query_lang: str | None = None) -> list[Evidence]:
+        """Aligned, rank-fused evidence for one query over `languages` (default: all)."""
+        qvec = self.embedder.encode_queries([query], progress=False)
+        return self.search_vectors(qvec, languages, k, query_lang)[0]
+
+    def search_vectors(self, qvecs: np.ndarray, languages=None, k: int = 5,
+                       query_lang: str | None = None) -> list[list[Evidence]]:
+        """`search` for a batch of already-encoded queries (one FAISS call per language)."""
+        languages = self._check(languages)
+        depth = max(k, self.depth)
+        per_lang = {lang: self._hits(qvecs, lang, depth) for lang in languages}
+        results = []
+        for q in range(len(qvecs)):
+            cands = [hp for lang in languages for hp in per_lang[lang][q]]
+            results.append(self._fuse(cands, k, query_lang))
+        return results
+
+    def _fuse(self, cands: list[tuple[Hit, int]], k: int, query_lang: str | None) -> list[Evidence]:
+        if not cands:
+            return []
+        langs = [h.passage.lang for h, _ in cands]
+        vecs = np.stack([self.collection.vector(h.passage.lang, pos) for h, pos in cands])
+        items = []
+        for group in align(langs, vecs, self.align_threshold):
+            hits = sorted((cands[i][0] for i in group), key=lambda h: (h.passage.lang != query_lang, h.rank, -h.score))
+            items.append(Evidence(0, sum(1.0 / (self.rrf_k + h.rank) for h in hits), hits))
+        # Ties (e.g. several rank-1 singletons) go to the query language, then higher cosine.
+        items.sort(key=lambda e: (-e.score, e.lang != query_lang, -max(h.score for h in e.members)))
+        for r, item in enumerate(items[:k], 1):
+            item.rank = r
+        return items[:k]
+
+    # -------------------------------------------------------------- baselines
+
+    def concat_vectors(self, qvecs: np.ndarray, languages=None, k: int = 5) -> list[list[Evidence]]:
+        """The vanilla multilingual baseline: top k of every index, merged by raw cosine."""
+        languages = self._check(languages)
+        per_lang = {lang: self._hits(qvecs, lang, k) for lang in languages}
+        results = []
+        for q in range(len(qvecs)):
+            hits = sorted((h for lang in languages for h, _ in per_lang[lang][q]), key=lambda h: -h.score)[:k]
+            results.append([Evidence(r, h.score, [h]) for r, h in enumerate(hits, 1)])
+        return results
+
+
+def load_retriever(settings, embedder=None, verify: bool = True) -> Retriever:
+    """The retriever for `settings.collection`, loading the embedder unless one is given."""
+    from crosearch_agent.embedder import Embedder
+    from crosearch_agent.store import collection_dir, load_collection
+
+    embedder = embedder or Embedder(settings.embedder)
+    collection = load_collection(collection_dir(settings.collection), embedder.id, settings.languages, verify)
+    return Retriever(collection, embedder, settings.rrf_k, settings.align_threshold)
