@@ -263,14 +263,14 @@ def _question_text(question: str) -> str:
     return escape_document(_one_line(question))
 
 
-def build_prompt(question: str, answer_lang: str, history: str = "", few_shot: bool = True,
+def build_prompt(question: str, answer_lang: str, history: str = "", few_shot: int | bool = True,
                  data_dir=None) -> str:
     """The full text the policy continues: instructions, worked examples, the question and
     the trajectory so far. It ends with `<think>` open, ready for the next turn, unless the
     history already ends inside an open tag."""
     parts = [system_instructions(answer_lang)]
-    if few_shot:
-        parts.append(few_shot_examples(data_dir=data_dir))
+    if few_shot:  # True: the default 3 examples; an int: that many
+        parts.append(few_shot_examples(3 if few_shot is True else int(few_shot), data_dir=data_dir))
     trajectory = f"Question: {_question_text(question)}\n"
     if _ends_open(history):
         trajectory += history  # the caller opened a tag for the model to continue in

@@ -1,0 +1,325 @@
+"""The multi-turn cross-lingual search loop, as typed step events.
+
+One question goes: detect its language -> (turn 1) search the question's own language
+(local) -> (later turns) search every language (global expansion, through the retriever's
+alignment and rank fusion) -> answer in the question's language. Each thing that happens is
+a `Step` (for the UI to stream and for logs); `Agent.run` yields them as they happen and
+`Agent.answer` collects them into one `Result`.
+
+Many questions advance in lock-step through `Agent.run_batch`: each turn, every open
+trajectory's prompt goes to the backend in one batch, which is what vLLM is good at. The
+single-question path is the same code with a batch of one.
+
+`method` selects the evaluation's baselines with the same machinery: `closed_book` (no
+retrieval), `mono_rag` / `concat_rag` (one retrieval with the question, then answer) and
+`crosearch` (the agent).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from crosearch_agent import prompts
+from crosearch_agent.languages import detect, name as lang_name
+from crosearch_agent.policy import PolicyError, Sampling
+
+METHODS = ("closed_book", "mono_rag", "concat_rag", "crosearch")
+MAX_QUESTION_CHARS = 2000
+
+
+# ---------------------------------------------------------------- step events
+
+@dataclass
+class Step:
+    kind: str                 # language | think | search | evidence | answer | error
+    t: float = 0.0            # seconds since the question arrived
+    duration_s: float = 0.0   # how long this step took
+
+
+@dataclass
+class LanguageStep(Step):
+    lang: str = ""
+    confidence: float = 0.0
+    fallback: bool = False
+    reason: str = ""
+
+
+@dataclass
+class ThinkStep(Step):
+    text: str = ""
+    turn: int = 0
+
+
+@dataclass
+class SearchStep(Step):
+    query: str = ""
+    languages: list[str] = field(default_factory=list)
+    scope: str = "local"      # local (the question's language) or global (every language)
+    turn: int = 0
+
+
+@dataclass
+class EvidenceStep(Step):
+    items: list = field(default_factory=list)   # retriever.Evidence
+    turn: int = 0
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted({l for item in self.items for l in item.languages})
+
+
+@dataclass
+class AnswerStep(Step):
+    text: str = ""
+    lang: str = ""
+    forced: bool = False      # the turn limit was reached, or the policy never closed <answer>
+
+
+@dataclass
+class ErrorStep(Step):
+    message: str = ""
+
+
+@dataclass
+class Result:
+    question: str
+    lang: str
+    answer: str | None
+    steps: list[Step]
+    trajectory: str = ""
+    latency_s: float = 0.0
+
+    @property
+    def searches(self) -> list[SearchStep]:
+        return [s for s in self.steps if isinstance(s, SearchStep)]
+
+    @property
+    def evidence(self) -> list:
+        return [item for s in self.steps if isinstance(s, EvidenceStep) for item in s.items]
+
+    @property
+    def error(self) -> str | None:
+        return next((s.message for s in self.steps if isinstance(s, ErrorStep)), None)
+
+
+# ---------------------------------------------------------------- one trajectory
+
+class _Trajectory:
+    """The state of one question in the loop: what has been said, what comes next."""
+
+    def __init__(self, agent: "Agent", question: str, lang: str | None = None):
+        self.agent, self.question = agent, question
+        self.t0 = time.perf_counter()
+        self.steps: list[Step] = []
+        self.history = ""
+        self.turn = 0
+        self.searches = 0
+        self.done = False
+        self.answer: str | None = None
+        self.must_answer = False
+        self.lang = lang or ""
+        self.search_all = False
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def emit(self, step: Step) -> Step:
+        step.t = self.now()
+        self.steps.append(step)
+        return step
+
+    def fail(self, message: str) -> None:
+        self.emit(ErrorStep("error", message=message))
+        self.done = True
+
+    # -- start
+    def start(self) -> None:
+        q = self.question.strip()
+        if not q:
+            return self.fail("Please type a question.")
+        if len(q) > MAX_QUESTION_CHARS:
+            return self.fail(f"The question is {len(q):,} characters long; please keep it under {MAX_QUESTION_CHARS:,}.")
+        self.question = q
+        t = time.perf_counter()
+        languages = self.agent.retriever.languages if self.agent.retriever else [self.lang or "en"]
+        det = detect(q, languages, self.agent.settings.detector)
+        if self.lang and self.lang in languages:  # the caller knows better (evaluation)
+            det = type(det)(self.lang, 1.0)
+        self.lang, self.search_all = det.lang, det.fallback
+        self.emit(LanguageStep("language", duration_s=time.perf_counter() - t, lang=det.lang,
+                               confidence=det.confidence, fallback=det.fallback, reason=det.reason))
+        method = self.agent.method
+        if method in ("mono_rag", "concat_rag") or (method == "crosearch" and self.agent.settings.force_first_search):
+            think = "I need to search for this."
+            self.emit(ThinkStep("think", text=think, turn=1))
+            self.search(q, think)
+        if method != "crosearch" or self.agent.settings.max_turns <= 0:
+            self.must_answer = True
+
+    # -- searching
+    def search(self, query: str, think: str) -> None:
+        agent = self.agent
+        self.turn += 1
+        self.searches += 1
+        all_langs = agent.retriever.languages
+        if agent.method == "concat_rag" or self.search_all or self.searches > 1:
+            scope, langs = "global", [self.lang] + [l for l in all_langs if l != self.lang]
+        else:
+            scope, langs = "local", [self.lang]
+        self.emit(SearchStep("search", query=query, languages=langs, scope=scope, turn=self.turn))
+        t = time.perf_counter()
+        try:
+            if agent.method == "concat_rag":
+                qvec = agent.retriever.embedder.encode_queries([query], progress=False)
+                items = agent.retriever.concat_vectors(qvec, langs, agent.settings.k)[0]
+            else:
+                items = agent.retriever.search(query, langs, agent.settings.k, query_lang=self.lang)
+        except Exception as err:  # a broken index must not take the conversation down
+            return self.fail(f"Search failed: {err}")
+        self.emit(EvidenceStep("evidence", duration_s=time.perf_counter() - t, items=items, turn=self.turn))
+        self.history += (f"{prompts.THINK_OPEN}{think}{prompts.THINK_CLOSE}\n"
+                         f"{prompts.SEARCH_OPEN}{prompts.escape_document(query)}{prompts.SEARCH_CLOSE}\n"
+                         f"{prompts.render_information(items, self.lang)}\n")
+        if self.searches >= agent.settings.max_turns:
+            self.must_answer = True
+
+    # -- the policy's turn
+    def prompt(self) -> str:
+        history = self.history
+        if self.must_answer:
+            history += prompts.final_answer_nudge(self.lang)
+        return prompts.build_prompt(self.question, self.lang, history, few_shot=self.agent.settings.few_shot)
+
+    def advance(self, gen, gen_s: float) -> None:
+        text = gen.text + (gen.stop or "")
+        turn = prompts.parse_turn(text)
+        if turn.think:
+            self.emit(ThinkStep("think", duration_s=gen_s, text=turn.think, turn=self.turn + 1))
+        if turn.search and not self.must_answer and self.agent.method == "crosearch":
+            return self.search(turn.search, turn.think or "")
+        if turn.answer:
+            return self.finish(turn.answer, forced=not turn.well_formed and "unclosed <answer>" in turn.problem)
+        if self.must_answer:
+            # The policy did not answer even when told to: use what it wrote, clearly marked.
+            fallback = turn.search or _plain(gen.text)
+            return self.finish(fallback, forced=True)
+        # Malformed turn (no action): record it and insist on an answer next time.
+        self.history += turn.render() + "\n" if turn.think else ""
+        self.must_answer = True
+
+    def finish(self, answer: str, forced: bool = False) -> None:
+        self.answer = answer.strip()
+        self.emit(AnswerStep("answer", text=self.answer, lang=self.lang, forced=forced))
+        self.done = True
+
+    def result(self) -> Result:
+        return Result(self.question, self.lang, self.answer, self.steps, self.history, self.now())
+
+
+def _plain(text: str) -> str:
+    """Generated text with protocol tags stripped, for a forced answer."""
+    return " ".join(prompts.TAG_RE.sub(" ", text).split())[:300]
+
+
+# ---------------------------------------------------------------- the agent
+
+class Agent:
+    def __init__(self, policy, retriever, settings, method: str = "crosearch"):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        self.policy, self.retriever, self.settings, self.method = policy, retriever, settings, method
+
+    def _sampling(self) -> Sampling:
+        s = self.settings
+        stops = (prompts.STOP_ANSWER,) if self.method != "crosearch" else prompts.STOPS
+        return Sampling(max_tokens=s.max_new_tokens, temperature=s.temperature, stop=stops, seed=s.seed)
+
+    def _step_batch(self, open_: list[_Trajectory]) -> None:
+        """One policy turn for every open trajectory, in one backend call."""
+        t = time.perf_counter()
+        try:
+            gens = self.policy.generate([tr.prompt() for tr in open_], self._sampling())
+        except PolicyError as err:
+            for tr in open_:
+                tr.fail(f"The language model failed: {err}")
+            return
+        except Exception as err:  # never a stack trace in the UI
+            for tr in open_:
+                tr.fail(f"The language model failed unexpectedly: {type(err).__name__}: {err}")
+            return
+        gen_s = time.perf_counter() - t
+        for tr, gen in zip(open_, gens):
+            tr.advance(gen, gen_s)
+
+    def _limit(self) -> int:
+        # Searches plus one answer turn, plus one malformed turn's grace.
+        return self.settings.max_turns + 2
+
+    def run(self, question: str, lang: str | None = None):
+        """Yield the steps of one question as they happen (the last one is an answer or an error)."""
+        yield from self._run(_Trajectory(self, question, lang))
+
+    def answer(self, question: str, lang: str | None = None) -> Result:
+        """One question, start to end, as one result."""
+        tr = _Trajectory(self, question, lang)
+        for _ in self._run(tr):
+            pass
+        return tr.result()
+
+    def _run(self, tr: _Trajectory):
+        seen = 0
+
+        def fresh():
+            nonlocal seen
+            new, seen = tr.steps[seen:], len(tr.steps)
+            return new
+
+        tr.start()
+        yield from fresh()
+        for _ in range(self._limit()):
+            if tr.done:
+                break
+            self._step_batch([tr])
+            yield from fresh()
+        if not tr.done:
+            tr.finish("", forced=True)
+            yield from fresh()
+
+    def run_batch(self, questions: list[str], langs: list[str] | None = None, progress=None) -> list[Result]:
+        """Answer many questions, every turn batched through the backend."""
+        trs = [_Trajectory(self, q, (langs or [None] * len(questions))[i]) for i, q in enumerate(questions)]
+        for tr in trs:
+            tr.start()
+        for _ in range(self._limit()):
+            open_ = [tr for tr in trs if not tr.done]
+            if not open_:
+                break
+            self._step_batch(open_)
+            if progress:
+                progress(sum(tr.done for tr in trs), len(trs))
+        for tr in trs:
+            if not tr.done:
+                tr.finish("", forced=True)
+        return [tr.result() for tr in trs]
+
+
+def describe(step: Step) -> str:
+    """One line per step, for terminals and logs."""
+    if isinstance(step, LanguageStep):
+        extra = f" — {step.reason}" if step.fallback else ""
+        return f"[language] {lang_name(step.lang)} ({step.lang}, {step.confidence:.0%}){extra}"
+    if isinstance(step, ThinkStep):
+        return f"[think] {step.text}"
+    if isinstance(step, SearchStep):
+        return f"[search {step.turn}, {step.scope}] {step.query!r} in {', '.join(step.languages)}"
+    if isinstance(step, EvidenceStep):
+        lines = [f"[evidence] {len(step.items)} items from {', '.join(step.languages) or 'no language'} ({step.duration_s * 1000:.0f} ms)"]
+        for item in step.items:
+            langs = "+".join(item.languages)
+            lines.append(f"   {item.rank}. [{langs}] {item.title}: {item.text[:100]}…")
+        return "\n".join(lines)
+    if isinstance(step, AnswerStep):
+        return f"[answer{' (forced)' if step.forced else ''}] {step.text}"
+    if isinstance(step, ErrorStep):
+        return f"[error] {step.message}"
+    return f"[{step.kind}]"

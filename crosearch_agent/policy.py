@@ -1,0 +1,231 @@
+"""LLM backends behind one small interface: generate a batch of prompts with stop strings.
+
+- `vllm`: the vLLM engine in-process (the default when vLLM is installed);
+- `openai`: any OpenAI-compatible completions server, e.g.
+  `python -m vllm.entrypoints.openai.api_server --model PATH`, for serving elsewhere;
+- `transformers`: in-process `generate`, the fallback.
+
+Every backend returns the text *without* the stop string that ended it and says which stop
+string it was, so the agent loop never depends on the backend. Greedy decoding gives the
+same tokens on every backend (bf16 numerics may drift after a few dozen tokens).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crosearch_agent.config import data_home
+
+BACKENDS = ("vllm", "openai", "transformers")
+BUNDLED_POLICY = "bundled:gemma-3-270m"
+
+
+class PolicyError(RuntimeError):
+    """The policy backend failed (model server down, out of memory, bad model path...)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 256
+    temperature: float = 0.0      # 0: greedy
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str                     # generated text, without the stop string that ended it
+    finish_reason: str            # "stop" (a stop string or end of sequence) or "length"
+    stop: str | None = None       # the stop string that ended generation, if any
+    tokens: int = 0               # number of generated tokens
+    token_ids: list[int] = field(default_factory=list, compare=False)
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def default_backend() -> str:
+    return "vllm" if vllm_available() else "transformers"
+
+
+def latest_checkpoint(home: Path | None = None) -> Path | None:
+    """The newest policy published by `python -m training.grpo`, if any."""
+    pointer = (home or data_home()) / "checkpoints" / "latest"
+    return pointer.resolve() if pointer.exists() and (pointer / "config.json").exists() else None
+
+
+def resolve_policy(name: str | None = None) -> str:
+    """A model folder or hub id: the given one, else the newest checkpoint, else the bundled model."""
+    if name and name != BUNDLED_POLICY:
+        path = Path(name).expanduser()
+        return str(path.resolve()) if path.exists() else name
+    if name is None and (ckpt := latest_checkpoint()):
+        return str(ckpt)
+    from crosearch_agent.bundled import materialise_policy
+
+    return str(materialise_policy())
+
+
+def _cut_at_stop(text: str, stops) -> tuple[str, str | None]:
+    """Text up to the earliest stop string, and which one it was."""
+    hits = [(text.find(s), s) for s in stops if s and s in text]
+    if not hits:
+        return text, None
+    pos, stop = min(hits)
+    return text[:pos], stop
+
+
+# ---------------------------------------------------------------- transformers
+
+class TransformersPolicy:
+    backend = "transformers"
+
+    def __init__(self, model: str, dtype: str = "bfloat16", device: str = "cpu"):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = model
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device).eval()
+        except (OSError, ValueError) as err:
+            raise PolicyError(f"cannot load policy {model!r} with transformers: {err}") from err
+        self.tokenizer.padding_side = "left"  # decoder-only: pad on the left to generate
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = device
+        self._lock = threading.Lock()  # one generate at a time on a shared model
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        import torch
+
+        if not prompts:
+            return []
+        batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True).to(self.device)
+        kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if sampling.stop:
+            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=1.0, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self._lock, torch.inference_mode():
+            if sampling.temperature > 0:
+                torch.manual_seed(sampling.seed)
+            out = self.model.generate(**batch, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        results = []
+        for row in new:
+            ids = [int(t) for t in row if int(t) != self.tokenizer.pad_token_id]
+            ended = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
+            text, stop = _cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), sampling.stop)
+            finish = "stop" if stop or ended else ("length" if len(ids) >= sampling.max_tokens else "stop")
+            results.append(Generation(text, finish, stop, len(ids), ids))
+        return results
+
+
+# ---------------------------------------------------------------- vLLM (in-process)
+
+class VLLMPolicy:
+    backend = "vllm"
+
+    def __init__(self, model: str, dtype: str = "bfloat16", max_model_len: int = 4096, seed: int = 0, **engine_kw):
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise PolicyError("the vllm backend needs vLLM (make setup installs it); "
+                              "use --backend transformers meanwhile") from err
+        self.name = model
+        try:
+            self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
+                           **engine_kw)
+        except Exception as err:  # engine start-up fails in many ways; say which model and why
+            raise PolicyError(f"cannot start vLLM on {model!r}: {type(err).__name__}: {err}") from err
+        self._lock = threading.Lock()
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        params = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                stop=list(sampling.stop) or None, seed=sampling.seed)
+        try:
+            with self._lock:
+                outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        except Exception as err:
+            raise PolicyError(f"vLLM generation failed: {type(err).__name__}: {err}") from err
+        results = []
+        for out in outputs:
+            o = out.outputs[0]
+            stop = o.stop_reason if isinstance(o.stop_reason, str) else None
+            results.append(Generation(o.text, o.finish_reason or "stop", stop, len(o.token_ids), list(o.token_ids)))
+        return results
+
+
+# ---------------------------------------------------------------- OpenAI-compatible server
+
+class OpenAIPolicy:
+    backend = "openai"
+
+    def __init__(self, base_url: str, model: str | None = None, timeout: float = 300.0, api_key: str = "EMPTY"):
+        self.base_url = base_url.rstrip("/")
+        self.timeout, self.api_key = timeout, api_key
+        self.name = model or self._served_model()
+
+    def _request(self, path: str, payload: dict | None = None) -> dict:
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, method="POST" if data else "GET",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            raise PolicyError(f"model server {self.base_url} answered {err.code}: {err.read()[:300]!r}") from err
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise PolicyError(f"model server {self.base_url} is not reachable ({err}); is it running?") from err
+
+    def _served_model(self) -> str:
+        models = self._request("/models").get("data") or []
+        if not models:
+            raise PolicyError(f"model server {self.base_url} serves no model")
+        return models[0]["id"]
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        if not prompts:
+            return []
+        body = self._request("/completions", {
+            "model": self.name, "prompt": list(prompts), "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature, "stop": list(sampling.stop) or None, "seed": sampling.seed})
+        choices = sorted(body.get("choices", []), key=lambda c: c["index"])
+        if len(choices) != len(prompts):
+            raise PolicyError(f"model server returned {len(choices)} completions for {len(prompts)} prompts")
+        results = []
+        for c in choices:
+            # vLLM reports the matched stop string as `stop_reason`; other servers may not.
+            stop = c.get("stop_reason") if isinstance(c.get("stop_reason"), str) else None
+            tokens = (body.get("usage") or {}).get("completion_tokens", 0) // max(len(prompts), 1)
+            results.append(Generation(c.get("text", ""), c.get("finish_reason") or "stop", stop, tokens))
+        return results
+
+
+def load_policy(backend: str | None = None, policy: str | None = None, base_url: str | None = None, **kw):
+    """The policy for a backend name; `policy` is a folder, hub id, or None for the default."""
+    backend = backend or default_backend()
+    if backend == "openai":
+        if not base_url:
+            raise PolicyError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        return OpenAIPolicy(base_url, policy)
+    model = resolve_policy(policy)
+    if backend == "vllm":
+        return VLLMPolicy(model, **kw)
+    if backend == "transformers":
+        return TransformersPolicy(model)
+    raise PolicyError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
