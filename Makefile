@@ -3,17 +3,22 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # The install is redone whenever requirements.txt changes.
-STAMP  := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt scripts/install_engine.sh | sha256sum | cut -c1-16)
 
-.PHONY: setup models run test test-fast clean-home
+.PHONY: setup models browser run test test-fast clean-home
 
-setup: $(STAMP) models
+setup: $(STAMP) models browser
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt scripts/install_engine.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	scripts/install_engine.sh $(PY)
 	@rm -f $(VENV)/.installed-* && touch $@
+
+# Debian's chromium for the Playwright browser tests (skipped when already there).
+browser:
+	@scripts/install_chromium.sh
 
 # Bundled weights are materialised once into the data home (idempotent, fast when done).
 models: $(STAMP)
