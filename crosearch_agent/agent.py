@@ -238,7 +238,11 @@ class Agent:
         """One policy turn for every open trajectory, in one backend call."""
         t = time.perf_counter()
         try:
-            gens = self.policy.generate([tr.prompt() for tr in open_], self._sampling())
+            prompts_ = [tr.prompt() for tr in open_]
+            # A trajectory-aware backend (training's token-level rollouts) is also told which
+            # trajectory each prompt continues; every other backend sees the prompts only.
+            turns = getattr(self.policy, "generate_turns", None)
+            gens = turns(open_, prompts_, self._sampling()) if turns else self.policy.generate(prompts_, self._sampling())
         except PolicyError as err:
             for tr in open_:
                 tr.fail(f"The language model failed: {err}")
