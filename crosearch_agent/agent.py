@@ -72,7 +72,7 @@ class EvidenceStep(Step):
 class AnswerStep(Step):
     text: str = ""
     lang: str = ""
-    forced: bool = False      # the turn limit was reached, or the policy never closed <answer>
+    forced: bool = False      # the policy never closed <answer> (cut at the token limit), or wrote none
 
 
 @dataclass
@@ -119,6 +119,8 @@ class _Trajectory:
         self.must_answer = False
         self.lang = lang or ""
         self.search_all = False
+        self.scope = ""           # of the last search
+        self.prefill = ""         # text the prompt ends with, for the policy to continue
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -149,9 +151,15 @@ class _Trajectory:
         self.emit(LanguageStep("language", duration_s=time.perf_counter() - t, lang=det.lang,
                                confidence=det.confidence, fallback=det.fallback, reason=det.reason))
         method = self.agent.method
-        if method in ("mono_rag", "concat_rag") or (method == "crosearch" and self.agent.settings.force_first_search):
+        settings = self.agent.settings
+        if method in ("mono_rag", "concat_rag") or (method == "crosearch" and settings.force_first_search):
             think = "I need to search for this."
             self.emit(ThinkStep("think", text=think, turn=1))
+            self.search(q, think)
+        if (method == "crosearch" and settings.force_first_search and settings.force_global_search
+                and not self.done and not self.must_answer and self.scope == "local"):
+            think = "I also search the other languages."
+            self.emit(ThinkStep("think", text=think, turn=2))
             self.search(q, think)
         if method != "crosearch" or self.agent.settings.max_turns <= 0:
             self.must_answer = True
@@ -166,6 +174,7 @@ class _Trajectory:
             scope, langs = "global", [self.lang] + [l for l in all_langs if l != self.lang]
         else:
             scope, langs = "local", [self.lang]
+        self.scope = scope
         self.emit(SearchStep("search", query=query, languages=langs, scope=scope, turn=self.turn))
         t = time.perf_counter()
         try:
@@ -185,24 +194,26 @@ class _Trajectory:
 
     # -- the policy's turn
     def prompt(self) -> str:
-        history = self.history
-        if self.must_answer:
-            history += prompts.final_answer_nudge(self.lang)
-        return prompts.build_prompt(self.question, self.lang, history, few_shot=self.agent.settings.few_shot)
+        self.prefill = prompts.final_answer_nudge(self.lang, self.searches > 0) if self.must_answer else ""
+        return prompts.build_prompt(self.question, self.lang, self.history + self.prefill,
+                                    few_shot=self.agent.settings.few_shot)
 
     def advance(self, gen, gen_s: float) -> None:
+        if self.must_answer:
+            # The prompt opened the answer turn: read it with its opening, whatever it holds.
+            turn = prompts.parse_turn(self.prefill + gen.text + (gen.stop or ""))
+            if turn.think and self.prefill.startswith(prompts.THINK_OPEN):
+                self.emit(ThinkStep("think", duration_s=gen_s, text=turn.think, turn=self.turn + 1))
+            answer = turn.answer if turn.answer is not None else _plain(prompts.TAG_RE.split(gen.text)[0])
+            return self.finish(answer, forced=turn.answer is None or gen.finish_reason == "length")
         text = gen.text + (gen.stop or "")
         turn = prompts.parse_turn(text)
         if turn.think:
             self.emit(ThinkStep("think", duration_s=gen_s, text=turn.think, turn=self.turn + 1))
-        if turn.search and not self.must_answer and self.agent.method == "crosearch":
+        if turn.search and self.agent.method == "crosearch":
             return self.search(turn.search, turn.think or "")
         if turn.answer:
             return self.finish(turn.answer, forced=not turn.well_formed and "unclosed <answer>" in turn.problem)
-        if self.must_answer:
-            # The policy did not answer even when told to: use what it wrote, clearly marked.
-            fallback = turn.search or _plain(gen.text)
-            return self.finish(fallback, forced=True)
         # Malformed turn (no action): record it and insist on an answer next time.
         self.history += turn.render() + "\n" if turn.think else ""
         self.must_answer = True

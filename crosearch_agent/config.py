@@ -52,6 +52,7 @@ class Settings:
     base_url: str | None = _opt(None, "OpenAI-compatible server for --backend openai, e.g. http://127.0.0.1:8000/v1")
     max_turns: int = _opt(3, "most search turns before the policy must answer")
     force_first_search: bool = _opt(True, "start with the user's question as the first search (base models rarely search unprompted)", type=lambda v: str(v).lower() in ("1", "true", "yes", "on"))
+    force_global_search: bool = _opt(True, "after the forced local search, also search every language with the question (base models rarely search twice)", type=lambda v: str(v).lower() in ("1", "true", "yes", "on"))
     temperature: float = _opt(0.0, "sampling temperature of the policy (0: greedy)")
     max_new_tokens: int = _opt(128, "most tokens the policy may write per turn")
     few_shot: int = _opt(3, "worked examples in the prompt (XQuAD train split), 0 for none")

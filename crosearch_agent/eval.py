@@ -1,5 +1,10 @@
 """`python -m crosearch_agent.eval`: the evaluation protocol of EVAL.md.
 
+`--task qa` runs the policy on every question of a split with each method
+(`closed_book`, `mono_rag`, `concat_rag`, `crosearch`) and scores the answers (EM, F1, fEM,
+c3R, EM-any, answer language, searches, latency, and whether the gold paragraph was among
+the evidence shown). Questions go through the backend in batches, turn by turn.
+
 `--task retrieval` asks, for every question of a split, whether the gold paragraph (in
 any language) is among the top k evidence items shown, for three methods:
 `mono` (own language's index), `concat` (top k of every index merged by raw score) and
@@ -10,6 +15,7 @@ Any index the run needs and lacks is built first (by `python -m indexes.build`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -76,8 +82,8 @@ def summarise(rows: list[dict], score_fn) -> dict:
         chosen = [r for r in rows if r["subset"] == subset]
         if chosen:
             out["subsets"][subset] = score_fn(chosen)
-    for lang in sorted({r["lang"] for r in rows}):
-        out["by_language"][lang] = score_fn([r for r in rows if r["lang"] == lang])
+    for lang in sorted({r["query_lang"] for r in rows}):
+        out["by_language"][lang] = score_fn([r for r in rows if r["query_lang"] == lang])
     return out
 
 
@@ -85,7 +91,7 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
     from crosearch_agent.retriever import load_retriever
 
     ensure_index(settings)
-    retriever = load_retriever(settings)
+    retriever = load_retriever(dataclasses.replace(settings, languages=None))
     langs = [l for l in (settings.languages or retriever.languages) if l in retriever.languages]
     questions = []
     for lang in langs:
@@ -106,16 +112,16 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
             if method == "mono":
                 got = retriever.search_vectors(qvecs[idx], [lang], k, query_lang=lang)
             elif method == "concat":
-                got = retriever.concat_vectors(qvecs[idx], langs, k)
+                got = retriever.concat_vectors(qvecs[idx], retriever.languages, k)
             elif method == "aligned":
-                got = retriever.search_vectors(qvecs[idx], [lang] + [l for l in langs if l != lang], k, query_lang=lang)
+                got = retriever.search_vectors(qvecs[idx], [lang] + [l for l in retriever.languages if l != lang], k, query_lang=lang)
             else:
                 raise ValueError(f"unknown retrieval method {method!r}; choose from {RETRIEVAL_METHODS}")
             for i, ev in zip(idx, got):
                 results[i] = ev
         timings[method] = (time.perf_counter() - t0) / max(len(questions), 1)
         for q, ev in zip(questions, results):
-            rows.append({"method": method, "id": q.id, "lang": q.lang, "rank": gold_rank(ev, q.doc_id),
+            rows.append({"method": method, "id": q.id, "query_lang": q.lang, "rank": gold_rank(ev, q.doc_id),
                          "subset": "local" if q.doc_id in local_docs.get(q.lang, ()) else "cross",
                          "languages_shown": sorted({l for e in ev for l in e.languages})})
     results = {}
@@ -127,21 +133,119 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
     return results, rows
 
 
+# ---------------------------------------------------------------- QA
+
+QA_METHODS = ("closed_book", "mono_rag", "concat_rag", "crosearch")
+QA_KEYS = ("em", "f1", "fem", "c3r", "em_any", "lang", "searches", "latency_s", "recall")
+
+
+def qa_questions(dataset: str, split: str, langs, limit: int | None, data_dir=None) -> list:
+    """The questions of a split, at most `limit` per language, in a stable order."""
+    if dataset == "xquad":
+        by_lang = {lang: qa_data.xquad_questions([lang], split, data_dir) for lang in langs}
+    elif dataset == "tydiqa-goldp":
+        questions = qa_data.load_tydiqa(split, langs, data_dir)[1]
+        by_lang = {lang: [q for q in questions if q.lang == lang] for lang in langs}
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; choose xquad or tydiqa-goldp")
+    return [q for lang in langs for q in (by_lang[lang][:limit] if limit else by_lang[lang])]
+
+
+def parallel_golds(questions, split: str, data_dir=None) -> dict[str, dict[str, list[str]]]:
+    """XQuAD: every language's gold answers of each question id (for EM-any)."""
+    ids = {q.id for q in questions}
+    golds: dict[str, dict[str, list[str]]] = {}
+    for q in qa_data.xquad_questions(qa_data.XQUAD_LANGS, split, data_dir):
+        if q.id in ids:
+            golds.setdefault(q.id, {})[q.lang] = list(q.answers)
+    return golds
+
+
+def qa_row(method: str, q, result, local_docs: dict, golds_by_lang, latency_s: float) -> dict:
+    from crosearch_agent.metrics import score_answer
+
+    shown = {d for item in result.evidence for d in item.doc_ids}
+    # "lang" is EVAL.md's answer-language metric, so the question's language is "query_lang".
+    row = {"method": method, "id": q.id, "query_lang": q.lang, "question": q.question, "gold": list(q.answers),
+           "answer": result.answer or "", "error": result.error,
+           "forced": any(getattr(s, "forced", False) for s in result.steps),
+           "subset": "local" if q.doc_id in local_docs.get(q.lang, ()) else "cross",
+           **score_answer(result.answer or "", q.answers, q.lang, golds_by_lang),
+           "searches": len(result.searches), "latency_s": latency_s,
+           "recall": (float(q.doc_id in shown) if method != "closed_book" else None),
+           "languages_shown": sorted({l for item in result.evidence for l in item.languages})}
+    return row
+
+
+def run_qa(settings: Settings, dataset: str, split: str, methods, limit: int | None,
+           batch_size: int = 32) -> tuple[dict, list, dict]:
+    from tqdm import tqdm
+
+    from crosearch_agent.agent import Agent
+    from crosearch_agent.metrics import mean_scores
+    from crosearch_agent.policy import load_policy
+    from crosearch_agent.retriever import load_retriever
+
+    unknown = [m for m in methods if m not in QA_METHODS]
+    if unknown:
+        raise ValueError(f"unknown QA method(s) {unknown}; choose from {', '.join(QA_METHODS)}")
+    ensure_index(settings)
+    # --languages picks the questions; every index of the collection stays searchable.
+    retriever = load_retriever(dataclasses.replace(settings, languages=None))
+    langs = [l for l in (settings.languages or retriever.languages) if l in retriever.languages]
+    questions = qa_questions(dataset, split, langs, limit, settings.data_dir)
+    if not questions:
+        raise ValueError(f"no {dataset} questions in the {split} split for {', '.join(langs)}")
+    golds = parallel_golds(questions, split, settings.data_dir) if dataset == "xquad" else {}
+    local_docs = {lang: {p.doc_id for p in retriever.collection.passages[lang]} for lang in retriever.languages}
+    policy = load_policy(settings.backend, settings.policy, settings.base_url)
+    print(f"{len(questions)} {dataset} questions ({split}) in {len(langs)} languages; "
+          f"policy {policy.name} on {policy.backend}", flush=True)
+
+    rows, timing = [], {"policy": policy.name, "backend": policy.backend}
+    for method in methods:
+        agent = Agent(policy, retriever, settings, method)  # closed_book still detects languages with it
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(questions), desc=method, unit="q")
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start:start + batch_size]
+            tb = time.perf_counter()
+            results = agent.run_batch([q.question for q in batch], [q.lang for q in batch])
+            per_q = (time.perf_counter() - tb) / len(batch)  # amortised: the batch shares the backend
+            rows += [qa_row(method, q, r, local_docs, golds.get(q.id), per_q) for q, r in zip(batch, results)]
+            bar.update(len(batch))
+        bar.close()
+        timing[method] = {"wall_s": round(time.perf_counter() - t0, 2)}
+
+    def scores(rs):
+        means = mean_scores([{k: r[k] for k in QA_KEYS} for r in rs])
+        means["errors"] = sum(1 for r in rs if r["error"])
+        means["forced"] = sum(1 for r in rs if r["forced"]) / len(rs)
+        return means
+
+    results = {m: summarise([r for r in rows if r["method"] == m], scores) for m in methods}
+    return results, rows, timing
+
+
 # ---------------------------------------------------------------- reports
 
-def markdown_table(results: dict, keys) -> str:
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown_table(results: dict, keys, key: str) -> str:
+    """Overall and subset rows for every key, then one table of `key` per query language."""
     methods = [m for m in results if not m.startswith("_")]
     lines = ["| method | subset | n | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
     for m in methods:
         parts = [("all", results[m]["overall"])] + list(results[m]["subsets"].items())
         for subset, s in parts:
-            lines.append(f"| {m} | {subset} | {s['n']} | " + " | ".join(f"{s[k]:.3f}" for k in keys) + " |")
+            lines.append(f"| {m} | {subset} | {s['n']} | " + " | ".join(_fmt(s.get(k)) for k in keys) + " |")
     langs = sorted({l for m in methods for l in results[m]["by_language"]})
-    lines += ["", f"Per query language ({keys[min(1, len(keys) - 1)]}):", "",
+    lines += ["", f"Per query language ({key}):", "",
               "| method | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
-    key = keys[min(1, len(keys) - 1)]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(f"{results[m]['by_language'][l][key]:.2f}" for l in langs) + " |")
+        lines.append(f"| {m} | " + " | ".join(_fmt(results[m]["by_language"][l].get(key)) for l in langs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,9 +261,10 @@ def chart(results: dict, key: str, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(groups) * len(methods) / 2), 4.5))
     width = 0.8 / len(methods)
     for i, m in enumerate(methods):
-        vals = [results[m]["by_language"].get(g, {}).get(key, np.nan) for g in langs]
-        vals += [results[m]["subsets"].get(s, {}).get(key, np.nan) for s in ("local", "cross")]
-        vals.append(results[m]["overall"][key])
+        vals = [results[m]["by_language"].get(g, {}).get(key) for g in langs]
+        vals += [results[m]["subsets"].get(s, {}).get(key) for s in ("local", "cross")]
+        vals.append(results[m]["overall"].get(key))
+        vals = [np.nan if v is None else v for v in vals]
         ax.bar(np.arange(len(groups)) + i * width, vals, width, label=m)
     ax.set_xticks(np.arange(len(groups)) + width * (len(methods) - 1) / 2)
     ax.set_xticklabels(groups)
@@ -174,34 +279,54 @@ def chart(results: dict, key: str, path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crosearch_agent.eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["retrieval"], default="retrieval", help="what to evaluate")
-    parser.add_argument("--split", choices=["train", "dev", "test"], default="test", help="XQuAD article-level split (EVAL.md)")
-    parser.add_argument("--methods", default=None, help=f"comma-separated methods (retrieval: {','.join(RETRIEVAL_METHODS)})")
+    parser.add_argument("--task", choices=["qa", "retrieval"], default="qa", help="what to evaluate")
+    parser.add_argument("--dataset", choices=["xquad", "tydiqa-goldp"], default="xquad",
+                        help="questions to ask (tydiqa-goldp: SQuAD-format <language>_tydiqa_<split>.json files; "
+                             "the collection then defaults to that split's passages)")
+    parser.add_argument("--split", default="test", help="XQuAD article-level split (train/dev/test, EVAL.md) or TyDi file split")
+    parser.add_argument("--methods", default=None, help=f"comma-separated methods (qa: {','.join(QA_METHODS)}; "
+                                                        f"retrieval: {','.join(RETRIEVAL_METHODS)})")
     parser.add_argument("--limit", type=int, default=None, help="at most this many questions per language")
+    parser.add_argument("--batch-size", type=int, default=32, help="questions sent through the policy backend together")
     parser.add_argument("--out", default=None, help="output folder (default: <data home>/eval/<task>-<collection>-<split>)")
-    Settings.add_arguments(parser, only=["collection", "languages", "embedder", "index_type", "align_threshold",
-                                         "rrf_k", "score_weight", "data_dir", "seed"])
+    Settings.add_arguments(parser)
     args = parser.parse_args(argv)
     settings = Settings.from_args(args)
-    methods = args.methods.split(",") if args.methods else list(RETRIEVAL_METHODS)
-    out = Path(args.out or data_home() / "eval" / f"{args.task}-{settings.collection}-{args.split}")
+    if args.dataset == "tydiqa-goldp" and settings.collection == Settings.collection:
+        settings.collection = "tydiqa-goldp" if args.split == "train" else f"tydiqa-goldp:{args.split}"
+    if args.task == "retrieval" and args.dataset != "xquad":
+        parser.error("--task retrieval uses XQuAD's parallel paragraphs; use --dataset xquad")
+    default_methods = QA_METHODS if args.task == "qa" else RETRIEVAL_METHODS
+    methods = args.methods.split(",") if args.methods else list(default_methods)
+    out = Path(args.out or data_home() / "eval" / f"{args.task}-{settings.collection.replace(':', '-')}-{args.split}")
     out.mkdir(parents=True, exist_ok=True)
+    from crosearch_agent.policy import PolicyError
+
+    timing = {}
     try:
-        results, rows = run_retrieval(settings, args.split, methods, args.limit)
-    except (StoreError, qa_data.DataNotFound, ValueError, subprocess.CalledProcessError) as err:
+        if args.task == "qa":
+            results, rows, timing = run_qa(settings, args.dataset, args.split, methods, args.limit, args.batch_size)
+            keys, key = list(QA_KEYS), "f1"
+        else:
+            results, rows = run_retrieval(settings, args.split, methods, args.limit)
+            keys, key = [f"recall@{k}" for k in KS] + ["mrr"], "recall@5"
+    except (StoreError, PolicyError, qa_data.DataNotFound, ValueError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    keys = [f"recall@{k}" for k in KS] + ["mrr"]
-    config = {"task": args.task, "split": args.split, "methods": methods, "limit": args.limit,
-              "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **vars(settings)}
+    config = {"task": args.task, "dataset": args.dataset, "split": args.split, "methods": methods,
+              "limit": args.limit, "batch_size": args.batch_size, "git_commit": git_commit(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), **vars(settings), "timing": timing}
     (out / "results.json").write_text(json.dumps({"config": config, "results": results}, indent=2, ensure_ascii=False))
     with open(out / "rows.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    table = markdown_table(results, keys)
-    (out / "results.md").write_text(f"# {args.task}: {settings.collection}, {args.split}\n\n{table}")
-    chart(results, "recall@5", out / "recall_at_5.png", f"recall@5, {settings.collection} ({args.split})")
+    table = markdown_table(results, keys, key)
+    note = ("\nlatency_s is amortised: a batch's wall time divided by its questions. recall: the gold paragraph "
+            "(in any language) was among the evidence shown to the policy.\n" if args.task == "qa" else "")
+    (out / "results.md").write_text(f"# {args.task}: {args.dataset} on {settings.collection}, {args.split}\n\n{table}{note}")
+    png = out / f"{key.replace('@', '_at_')}.png"
+    chart(results, key, png, f"{key}, {args.dataset} on {settings.collection} ({args.split})")
     print(table)
-    print(f"wrote {out}/results.json, results.md, recall_at_5.png")
+    print(f"wrote {out}/results.json, results.md, {png.name}")
     return 0
 
 

@@ -252,11 +252,14 @@ def force_search_turn(question: str) -> str:
     return f"{THINK_OPEN}I need to search for this.{THINK_CLOSE}\n{SEARCH_OPEN}{_question_text(question)}{SEARCH_CLOSE}"
 
 
-def final_answer_nudge(answer_lang: str) -> str:
-    """Appended to the history at the turn limit: no more searches, answer now."""
-    name = languages.name(answer_lang)
-    return (f"No more searches are possible. Give your final answer now, in {name}, "
-            f"inside {ANSWER_OPEN} and {ANSWER_CLOSE}.\n")
+def final_answer_nudge(answer_lang: str, has_evidence: bool = True) -> str:
+    """Appended to the history when the policy must answer (turn limit, single-turn baselines).
+
+    No instructions in prose: a base model copies them. Instead the answer turn is opened the
+    way the worked examples open theirs (`<think>Doc N says: ...`), or, with no evidence at
+    all, `<answer>` itself, so the next thing written is the answer. `answer_lang` is kept in
+    the signature because the system instructions already name the language."""
+    return f"{THINK_OPEN}Doc" if has_evidence else ANSWER_OPEN
 
 
 def _question_text(question: str) -> str:

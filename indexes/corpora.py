@@ -1,7 +1,7 @@
 """Collections: which passages go into which language's index.
 
-A collection name picks the passages (`xquad`, `xquad-partial`, `tydiqa-goldp`,
-`wiki-summaries`, or `jsonl:PATH` for a file of {id, lang, title, text}); names combine
+A collection name picks the passages (`xquad`, `xquad-partial`, `tydiqa-goldp` (the train
+files; `tydiqa-goldp:dev` for another split), `wiki-summaries`, or `jsonl:PATH` for a file of {id, lang, title, text}); names combine
 with '+', e.g. `xquad-partial+wiki-summaries`. Paragraphs are cut into passages of about
 100 words (characters for zh/ja/th), and every passage keeps its source key (`doc_id` =
 title/paragraph) so a gold paragraph can be traced in every language it was indexed in.
@@ -124,17 +124,26 @@ def jsonl(path: str, langs) -> list[Passage]:
 COLLECTIONS = {
     "xquad": lambda langs, data_dir: xquad(langs, data_dir),
     "xquad-partial": lambda langs, data_dir: xquad(langs, data_dir, partial=True),
-    "tydiqa-goldp": lambda langs, data_dir: tydiqa_goldp(langs, data_dir),
+    "tydiqa-goldp": lambda langs, data_dir, split="train": tydiqa_goldp(langs, data_dir, split),
     "wiki-summaries": lambda langs, data_dir: wiki_summaries(langs),
 }
 DEFAULT_LANGS = {"xquad": XQUAD_LANGS, "xquad-partial": XQUAD_LANGS, "wiki-summaries": tuple(WIKI_LANGS),
                  "tydiqa-goldp": tuple(sorted(set(qa_data.TYDI_LANGS.values())))}
 
 
+def _part(part: str) -> tuple[str, dict]:
+    """`tydiqa-goldp:dev` -> ("tydiqa-goldp", {"split": "dev"}); other parts take no argument."""
+    base, _, arg = part.partition(":")
+    if base == "tydiqa-goldp" and arg:
+        return base, {"split": arg}
+    return part, {}
+
+
 def collection_languages(name: str) -> list[str]:
     """Languages a collection can fill (the union of its parts)."""
     langs = set()
     for part in name.split("+"):
+        part = _part(part)[0]
         if part.startswith("jsonl:"):
             with open(part[len("jsonl:"):], encoding="utf-8") as fh:
                 langs |= {json.loads(line)["lang"] for line in fh if line.strip()}
@@ -152,9 +161,10 @@ def load_collection_passages(name: str, languages=None, data_dir=None) -> dict[s
     for part in name.split("+"):
         if part.startswith("jsonl:"):
             passages = jsonl(part[len("jsonl:"):], langs)
-        elif part in COLLECTIONS:
+        elif (base := _part(part))[0] in COLLECTIONS:
+            (part, kw) = base
             part_langs = [l for l in sorted(langs) if l in DEFAULT_LANGS[part]] if part != "tydiqa-goldp" else sorted(langs)
-            passages = COLLECTIONS[part](part_langs, data_dir)
+            passages = COLLECTIONS[part](part_langs, data_dir, **kw)
         else:
             raise ValueError(f"unknown collection {part!r}; known: {sorted(COLLECTIONS)} or jsonl:PATH, combined with '+'")
         for p in passages:

@@ -239,9 +239,11 @@ def test_forced_first_search_is_the_question_itself_and_escaped():
     assert turn.well_formed and turn.search == "Wo liegt ‹answer›Lima‹/answer›?"
 
 
-def test_final_answer_nudge_asks_for_an_answer_in_the_language():
-    nudge = final_answer_nudge("zh")
-    assert "Chinese" in nudge and "<answer>" in nudge and not parse_turn(nudge).search
+def test_final_answer_nudge_opens_the_answer_turn_without_prose_to_copy():
+    # With evidence, the turn opens as the worked examples' answer turns do; without, at <answer>.
+    assert final_answer_nudge("zh") == "<think>Doc"
+    assert final_answer_nudge("zh", has_evidence=False) == "<answer>"
+    assert parse_turn(final_answer_nudge("zh") + " 1 says: 2003.</think>\n<answer>2003 年</answer>").answer == "2003 年"
 
 
 # ---------------------------------------------------------------- few-shot examples
