@@ -179,8 +179,7 @@ class _Trajectory:
         t = time.perf_counter()
         try:
             if agent.method == "concat_rag":
-                qvec = agent.retriever.embedder.encode_queries([query], progress=False)
-                items = agent.retriever.concat_vectors(qvec, langs, agent.settings.k)[0]
+                items = agent.retriever.concat(query, langs, agent.settings.k)
             else:
                 items = agent.retriever.search(query, langs, agent.settings.k, query_lang=self.lang)
         except Exception as err:  # a broken index must not take the conversation down

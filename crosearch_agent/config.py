@@ -58,6 +58,7 @@ class Settings:
     few_shot: int = _opt(3, "worked examples in the prompt (XQuAD train split), 0 for none")
     data_dir: str | None = _opt(None, "folder with local copies of the data sets (else CROSEARCH_DATA_DIR, ../shared/data, then the hub)")
     seed: int = _opt(0, "random seed")
+    retriever_url: str | None = _opt(None, "use a running retrieval service (python -m crosearch_agent.serve_retrieval) instead of loading indexes, e.g. http://127.0.0.1:8100")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, only: list[str] | None = None) -> None:

@@ -183,6 +183,14 @@ class Retriever:
 
     # -------------------------------------------------------------- baselines
 
+    def concat(self, query: str, languages=None, k: int = 5) -> list[Evidence]:
+        """`concat_vectors` for one query given as text (the interface `RemoteRetriever` shares)."""
+        return self.concat_vectors(self.embedder.encode_queries([query], progress=False), languages, k)[0]
+
+    def doc_ids(self, lang: str) -> set[str]:
+        """The source keys (`Passage.doc_id`) one language's index holds."""
+        return {p.doc_id for p in self.collection.passages[lang]}
+
     def concat_vectors(self, qvecs: np.ndarray, languages=None, k: int = 5) -> list[list[Evidence]]:
         """The vanilla multilingual baseline: top k of every index, merged by raw cosine."""
         languages = self._check(languages)
@@ -195,7 +203,15 @@ class Retriever:
 
 
 def load_retriever(settings, embedder=None, verify: bool = True) -> Retriever:
-    """The retriever for `settings.collection`, loading the embedder unless one is given."""
+    """The retriever for `settings.collection`, loading the embedder unless one is given.
+
+    With `settings.retriever_url`, a client of that running retrieval service instead
+    (same search interface, nothing loaded here).
+    """
+    if getattr(settings, "retriever_url", None):
+        from crosearch_agent.remote import RemoteRetriever
+
+        return RemoteRetriever(settings.retriever_url, settings.languages)
     from crosearch_agent.embedder import Embedder
     from crosearch_agent.store import collection_dir, load_collection
 
