@@ -1,0 +1,189 @@
+"""`python -m training.grpo --config NAME [--resume] [--key value ...]`: GRPO on the agent loop.
+
+One command from the base model to a published policy: when the config names a warm-up and
+its checkpoint is missing, the format warm-up (training.sft) runs first. Then TRL's
+`GRPOTrainer` trains with a `rollout_func` that drives the project's own agent loop
+(training.rollout), the policy being trained as its backend; retrieved tokens are masked
+from the loss (env_mask). Each group's rollouts are spread over several languages of one
+parallel question (training.data), each scored against its own language's gold
+(training.rewards), with group-relative advantages across all of them.
+
+Checkpoints are written atomically and `--resume` continues from the newest; at the end the
+policy is saved and published as `<data home>/checkpoints/latest`, which the app, ask and
+eval serve by default. Logs: `<data home>/training/<name>/log.csv` and `curves.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from training.config import TrainConfig, device_kind, load_config, parse_overrides, trainer_device_args
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL 1.16
+
+
+def start_policy(cfg: TrainConfig, log=print) -> str:
+    """GRPO's starting point: `policy` if given, else the run's warm-up (made now if missing)."""
+    from crosearch_agent.policy import resolve_policy
+    from training.checkpoints import is_policy_dir
+
+    if cfg.policy:
+        return resolve_policy(cfg.policy)
+    if not cfg.warmup:
+        return resolve_policy(cfg.base_policy)
+    if not is_policy_dir(cfg.warmup_dir):
+        from training.sft import run_warmup
+
+        log(f"no warm-up checkpoint at {cfg.warmup_dir}: running the format warm-up first")
+        run_warmup(cfg, log=log)
+    return str(cfg.warmup_dir)
+
+
+def grpo_args(cfg: TrainConfig):
+    from trl import GRPOConfig
+
+    from training.rewards import REWARD_NAMES
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.questions_per_step * cfg.num_generations
+    if per_step % (cfg.per_device_batch_size * processes):
+        raise ValueError(f"questions_per_step * num_generations ({per_step}) must be a multiple of "
+                         f"per_device_batch_size * processes ({cfg.per_device_batch_size} * {processes})")
+    on_cpu = device_kind(cfg) == "cpu"
+    extra = {}
+    if cfg.use_vllm:
+        if on_cpu:
+            raise ValueError("use_vllm needs a GPU (TRL's vLLM integration); CPU runs sample with transformers")
+        extra = dict(use_vllm=True, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+    return GRPOConfig(
+        output_dir=str(cfg.run_dir), max_steps=cfg.steps, per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=per_step // (cfg.per_device_batch_size * processes),
+        num_generations=cfg.num_generations, learning_rate=cfg.learning_rate, beta=cfg.beta,
+        temperature=cfg.temperature, top_p=1.0, top_k=0, max_completion_length=cfg.max_new_tokens,
+        reward_weights=[float(cfg.reward_weights.get(name, 0.0)) for name in REWARD_NAMES],
+        mask_truncated_completions=False, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=None, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
+        gradient_checkpointing=cfg.gradient_checkpointing, lr_scheduler_type="constant_with_warmup",
+        warmup_steps=0, model_init_kwargs={"dtype": "float32" if on_cpu else cfg.model_dtype},
+        log_completions=False, **extra, **trainer_device_args(cfg))
+
+
+def make_trainer_class():
+    from trl import GRPOTrainer
+
+    from training.checkpoints import AtomicCheckpoints
+
+    class Trainer(AtomicCheckpoints, GRPOTrainer):
+        pass
+
+    return Trainer
+
+
+def make_recorder_factory(cfg: TrainConfig, tokenizer):
+    """`recorder_for(trainer)`: the trained model as the agent's backend (one per trainer)."""
+    from training.rollout import ModelTurns, VLLMTurns
+
+    cache = {}
+
+    def recorder_for(trainer):
+        if "r" not in cache:
+            if cfg.use_vllm:
+                cache["r"] = VLLMTurns(trainer.vllm_generation.llm, tokenizer, cfg.seed)
+            else:
+                model = trainer.accelerator.unwrap_model(trainer.model)
+                cache["r"] = ModelTurns(model, tokenizer, cfg.seed, autocast_bf16=cfg.bf16)
+        return cache["r"]
+
+    return recorder_for
+
+
+def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=print) -> Path:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from training import checkpoints, data, rewards
+    from training.logs import StepLogger
+    from training.rollout import RolloutStats, make_rollout_func
+    from training.sft import agent_options, make_agent_factory
+
+    t0 = time.perf_counter()
+    run_dir = cfg.run_dir
+    resume_from = checkpoints.resume_point(run_dir) if resume else None
+    if resume and resume_from is None:
+        log(f"nothing to resume in {run_dir}: starting from the beginning")
+    if not resume and checkpoints.checkpoint_steps(run_dir):
+        if not restart:
+            raise SystemExit(f"error: {run_dir} holds checkpoints of an earlier run; "
+                             "continue it with --resume or start over with --restart")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.__dict__, indent=2, default=str))
+
+    agent_for = make_agent_factory(cfg)
+    policy = start_policy(cfg, log) if resume_from is None else json.loads(
+        (run_dir / "start_policy.json").read_text())["policy"]
+    (run_dir / "start_policy.json").write_text(json.dumps({"policy": policy}))
+    log(f"GRPO: {policy} ({cfg.steps} steps, {cfg.questions_per_step} x {cfg.num_generations} rollouts per step, "
+        f"{'multilingual' if cfg.multilingual else 'one language per'} groups) -> {cfg.policy_dir}")
+
+    examples = data.load_examples(cfg)
+    by_key = {e.key: e for e in examples}
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    stats = RolloutStats()
+    rollout_func = make_rollout_func(by_key, cfg, agent_for, make_recorder_factory(cfg, tokenizer), stats)
+    Trainer = make_trainer_class()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*rollout_func.*")
+        trainer = Trainer(model=policy, reward_funcs=rewards.reward_funcs(cfg.answer_metric), args=grpo_args(cfg),
+                          train_dataset=Dataset.from_dict({"prompt": [e.key for e in examples]}),
+                          processing_class=tokenizer, rollout_func=rollout_func)
+    trainer.keep_checkpoints = cfg.save_total_limit
+    resume_step = int(resume_from.name.split("-")[1]) if resume_from else None
+    logger = StepLogger(run_dir, stats, f"{cfg.name}: GRPO from {Path(policy).name}", resume_step)
+    trainer.add_callback(logger)
+    if resume_from:
+        log(f"resuming from {resume_from}")
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    rows = logger.rows
+    info = {"kind": "grpo", "run": cfg.name, "start_policy": policy, "steps": trainer.state.global_step,
+            "train_seconds": result.metrics.get("train_runtime"), "wall_seconds": round(time.perf_counter() - t0, 1),
+            "device": device_kind(cfg), "agent": agent_options(cfg), "config": cfg.__dict__,
+            "first_step": rows[0] if rows else None, "last_step": rows[-1] if rows else None}
+    if trainer.accelerator.is_main_process:
+        checkpoints.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, cfg.policy_dir, info,
+                                source=policy)
+        if cfg.publish:
+            link = checkpoints.publish_latest(cfg.policy_dir, cfg.checkpoints)
+            log(f"published {cfg.policy_dir} as {link}")
+    log(f"GRPO done: {trainer.state.global_step} steps in {time.perf_counter() - t0:.0f} s; log {run_dir / 'log.csv'}")
+    return cfg.policy_dir
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.grpo", description=__doc__.splitlines()[0],
+                                     epilog="Any training option can follow as --key value, e.g. --steps 50 "
+                                            "--policy PATH --multilingual false (see training/config.py).")
+    parser.add_argument("--config", default="cpu-smoke", help="a file in training/configs (name or path)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
+    parser.add_argument("--restart", action="store_true", help="discard the run's earlier checkpoints and start over")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, parse_overrides(rest))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    train(cfg, resume=args.resume, restart=args.restart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

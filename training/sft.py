@@ -1,0 +1,258 @@
+"""`python -m training.sft --config NAME`: the format warm-up before GRPO.
+
+The bundled policy is a base model that rarely writes protocol tags. The warm-up shows it
+complete trajectories built with the real retriever: the agent loop runs as it does when
+serving (forced first search, real `<information>` from the indexes, the same prompt
+builder), and a scripted teacher plays the policy, knowing the gold answers:
+
+- a document in the latest `<information>` holds the gold (in its own language): think
+  "Doc N (is in X and) says: ...", then answer in the question's language;
+- none does and another search is allowed: say so and search again, which the agent turns
+  into a global search over every language (the cross-lingual case);
+- still nothing: the trajectory is dropped (the warm-up never teaches a guess).
+
+The teacher is a `TurnRecorder`, so its trajectories have exactly the token layout of GRPO
+rollouts; the loss covers the teacher's turns only (`<information>`, forced turns and the
+prompt are labelled -100). The result is written atomically to the run's warm-up folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from crosearch_agent import languages, prompts
+from training.config import TrainConfig, load_config, parse_overrides
+from training.rollout import POLICY, TurnRecorder, run_rollouts
+
+IGNORE = -100
+
+
+# ---------------------------------------------------------------- the scripted teacher
+
+def _shown_text(item, lang: str) -> tuple[str, str]:
+    """(language, text) of an evidence item as `prompts.render_information` shows it."""
+    doc = prompts.evidence_doc(item, lang)
+    return doc.lang, prompts.truncate(" ".join(doc.text.split()), 700)
+
+
+def find_gold(items, lang: str, golds_by_lang: dict) -> tuple[int, str, str] | None:
+    """(document number, its language, the gold string it holds) of the first shown document
+    that contains a gold answer in its own language."""
+    for number, item in enumerate(items, 1):
+        doc_lang, text = _shown_text(item, lang)
+        for gold in golds_by_lang.get(doc_lang, []):
+            if gold and gold in text:
+                return number, doc_lang, gold
+    return None
+
+
+def answer_turn(number: int, doc_lang: str, found: str, lang: str, answer: str) -> str:
+    """The teacher's answer turn, in the words of the prompt's worked examples."""
+    qname = languages.name(lang)
+    if doc_lang == lang:
+        think = f"Doc {number} says: {found}. The question is in {qname}, so I answer in {qname}."
+    else:
+        think = (f"Doc {number} is in {languages.name(doc_lang)} and says: {found}. "
+                 f"The question is in {qname}, so I answer in {qname}: {answer}.")
+    return (f"{prompts.THINK_OPEN}{prompts.escape_document(think)}{prompts.THINK_CLOSE}\n"
+            f"{prompts.ANSWER_OPEN}{prompts.escape_document(answer)}{prompts.ANSWER_CLOSE}")
+
+
+def search_turn(query: str, lang: str) -> str:
+    think = "The documents do not answer this. I search again, in every language."
+    return (f"{prompts.THINK_OPEN}{think}{prompts.THINK_CLOSE}\n"
+            f"{prompts.SEARCH_OPEN}{prompts.escape_document(query)}{prompts.SEARCH_CLOSE}")
+
+
+def _opening(prompt: str) -> str:
+    """How the prompt opened the policy's turn (`<think>`, or a prefilled opening)."""
+    return prompt[prompt.rfind("\n") + 1:]
+
+
+class TeacherTurns(TurnRecorder):
+    """Plays the policy from the gold answers; records which trajectories it could support."""
+
+    def __init__(self, tokenizer, examples: dict):
+        super().__init__(tokenizer, "teacher")
+        self.examples = examples            # (question, lang) -> (Example, lang)
+        self.supported: dict[tuple[str, str], bool] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        self.supported = {}
+
+    def turn(self, trajectory, prompt: str) -> str:
+        example, lang = self.examples[(trajectory.question, trajectory.lang)]
+        evidence = [s for s in trajectory.steps if s.kind == "evidence"]
+        items = evidence[-1].items if evidence else []
+        hit = find_gold(items, lang, example.golds_by_lang)
+        opening = _opening(prompt)
+        can_search = opening == prompts.THINK_OPEN and trajectory.searches < trajectory.agent.settings.max_turns
+        variant = example.variant(lang)
+        key = (trajectory.question, trajectory.lang)
+        if hit is None and can_search:
+            # The agent makes a second search global; English wording (when the question has
+            # it) varies the query too.
+            query = example.variant("en").question if "en" in example.variants and lang != "en" else variant.question
+            return search_turn(query, lang)[len(opening):]
+        self.supported[key] = hit is not None
+        number, doc_lang, found = hit or (1, lang, variant.answers[0])
+        full = answer_turn(number, doc_lang, found, lang, variant.answers[0])
+        if full.startswith(opening):
+            return full[len(opening):]
+        if opening == prompts.ANSWER_OPEN:
+            return f"{prompts.escape_document(variant.answers[0])}{prompts.ANSWER_CLOSE}"
+        self.supported[key] = False  # an opening the teacher cannot continue
+        return full
+
+    def policy_turns(self, trajectories, streams, sampling):
+        out = []
+        for trajectory, stream in zip(trajectories, streams):
+            text = self.turn(trajectory, stream.last_prompt)
+            out.append((self.encode(text), None))
+        return out
+
+
+# ---------------------------------------------------------------- the data set
+
+def sft_rows(streams, max_length: int) -> list[dict]:
+    """input_ids and labels (-100 except on the policy's tokens); too long ones are dropped."""
+    rows = []
+    for s in streams:
+        ids = s.prompt_ids + s.completion_ids
+        labels = [IGNORE] * len(s.prompt_ids) + [t if m == POLICY else IGNORE for t, m in zip(s.completion_ids, s.env_mask)]
+        if len(ids) <= max_length and any(l != IGNORE for l in labels):
+            rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+def build_warmup_data(cfg: TrainConfig, tokenizer, agent_for, log=print) -> tuple[list[dict], dict]:
+    """Teacher trajectories for `cfg.sft_examples` examples (several languages, XQuAD and,
+    if configured, TyDi), as SFT rows, with counts of what was kept."""
+    from training.data import load_examples
+
+    examples = load_examples(cfg, n=cfg.sft_examples)
+    by_question = {(e.variant().question.strip(), e.lang): (e, e.lang) for e in examples}
+    teacher = TeacherTurns(tokenizer, by_question)
+    streams, kept_cross, n_supported = [], 0, 0
+    for collection in dict.fromkeys(e.collection for e in examples):
+        batch = [e for e in examples if e.collection == collection]
+        rollouts = run_rollouts(agent_for(collection), teacher, [e.variant().question for e in batch],
+                                [e.lang for e in batch])
+        for r in rollouts:
+            if teacher.supported.get((r.stream.question, r.stream.lang)):
+                n_supported += 1
+                kept_cross += r.global_searches > 0
+                streams.append(r.stream)
+    rows = sft_rows(streams, cfg.sft_max_length)
+    stats = {"examples": len(examples), "supported": n_supported, "rows": len(rows),
+             "with_global_search": kept_cross}
+    log(f"warm-up data: {len(examples)} questions, {n_supported} answerable from the evidence, "
+        f"{kept_cross} of them after a global search; {len(rows)} rows")
+    if not rows:
+        raise RuntimeError("the warm-up found no trajectory whose evidence holds the answer; "
+                           "check the collection's index (python -m indexes.build)")
+    return rows, stats
+
+
+# ---------------------------------------------------------------- training
+
+def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
+    """Fine-tune the base policy on teacher trajectories; returns the warm-up folder."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from crosearch_agent.policy import resolve_policy
+    from training.checkpoints import save_policy
+    from training.config import device_kind, trainer_device_args
+
+    t0 = time.perf_counter()
+    base = resolve_policy(cfg.base_policy)
+    log(f"warm-up: {base} -> {cfg.warmup_dir}")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    agent_for = agent_for or make_agent_factory(cfg)
+    rows, stats = build_warmup_data(cfg, tokenizer, agent_for, log)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    work = cfg.run_dir / "warmup-work"
+    args = SFTConfig(
+        output_dir=str(work), max_steps=cfg.sft_steps, per_device_train_batch_size=cfg.sft_batch_size,
+        gradient_accumulation_steps=cfg.sft_grad_accum, learning_rate=cfg.sft_learning_rate,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, cfg.sft_steps // 5),
+        logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed, max_length=cfg.sft_max_length,
+        gradient_checkpointing=cfg.gradient_checkpointing, dataset_num_proc=None,
+        **trainer_device_args(cfg))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    result = trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    info = {"kind": "warmup", "run": cfg.name, "base_policy": base, "steps": cfg.sft_steps, "data": stats,
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "train_seconds": result.metrics.get("train_runtime"), "device": device_kind(cfg),
+            "agent": agent_options(cfg)}
+    save_policy(trainer.model, tokenizer, cfg.warmup_dir, info, source=base)
+    log(f"warm-up done in {time.perf_counter() - t0:.0f} s (loss {info['loss_first']} -> {info['loss_last']}); "
+        f"saved {cfg.warmup_dir}")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return cfg.warmup_dir
+
+
+def agent_options(cfg: TrainConfig) -> dict:
+    from dataclasses import asdict
+
+    from training.config import agent_settings
+
+    return {k: v for k, v in asdict(agent_settings(cfg)).items() if k not in ("data_dir", "policy", "backend", "base_url")}
+
+
+def make_agent_factory(cfg: TrainConfig):
+    """`agent_for(collection)`: one agent per collection, sharing one embedder, searching
+    train-split evidence only."""
+    from crosearch_agent.agent import Agent
+    from crosearch_agent.embedder import Embedder
+    from crosearch_agent.retriever import load_retriever
+    from crosearch_agent.store import StoreError
+    from training.config import agent_settings
+    from training.data import TrainOnlyRetriever
+
+    agents, embedder = {}, []
+
+    def agent_for(collection: str):
+        if collection not in agents:
+            if not embedder:
+                embedder.append(Embedder(cfg.embedder))
+            settings = agent_settings(cfg, collection)
+            try:
+                retriever = load_retriever(settings, embedder[0])
+            except StoreError as err:
+                raise SystemExit(f"error: {err}\n(build it with: python -m indexes.build --collection {collection})")
+            agents[collection] = Agent(None, TrainOnlyRetriever(retriever), settings)
+        return agents[collection]
+
+    return agent_for
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.sft", description=__doc__.splitlines()[0],
+                                     epilog="Any training option can follow as --key value (see training/config.py).")
+    parser.add_argument("--config", default="cpu-smoke", help="a file in training/configs (name or path)")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, parse_overrides(rest))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_warmup(cfg)
+    print(json.dumps({"warmup": str(cfg.warmup_dir)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
