@@ -73,11 +73,14 @@ def make_index(vectors: np.ndarray, index_type: str = "flat"):
 
 def write_collection(dest: Path, passages: dict[str, list[Passage]], vectors: dict[str, np.ndarray], *,
                      embedder_id: str, dim: int, index_type: str, inputs_hash: str, extra: dict | None = None) -> Path:
-    """Write every language's index and passages, then the manifest, then move into place."""
-    import faiss
+    """Write every language's index and passages, then the manifest, then move into place.
 
+    A failed write (disk full, quota) raises OSError naming the index and leaves the
+    previous index as it was.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_debris(dest)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -87,7 +90,7 @@ def write_collection(dest: Path, passages: dict[str, list[Passage]], vectors: di
             vecs = vectors[lang]
             if len(vecs) != len(passages[lang]):
                 raise StoreError(f"{lang}: {len(vecs)} vectors for {len(passages[lang])} passages")
-            faiss.write_index(make_index(vecs, index_type), str(tmp / f"{lang}.faiss"))
+            _write_index(make_index(vecs, index_type), tmp / f"{lang}.faiss")
             with open(tmp / f"{lang}.jsonl", "w", encoding="utf-8") as fh:
                 for p in passages[lang]:
                     fh.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
@@ -106,10 +109,53 @@ def write_collection(dest: Path, passages: dict[str, list[Passage]], vectors: di
         }
         _write_json_synced(tmp / MANIFEST, manifest)
         _swap_into_place(tmp, dest)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        message = f"could not write index '{dest.name}': {err.strerror or err}; the previous index is unchanged"
+        raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _write_index(index, path: Path) -> None:
+    import faiss
+
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as err:
+        # faiss reports a short write (disk full, file too large) as a RuntimeError whose
+        # last words are the OS reason, e.g. "... 4096 != 65536 (No space left on device)".
+        text = str(err)
+        reason = text[text.rfind("(") + 1:-1] if text.endswith(")") and "(" in text else text
+        raise OSError(f"writing {path.name} failed ({reason})") from err
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_debris(dest: Path) -> None:
+    """Folders a killed writer left beside `dest` (`.NAME.tmp-PID`, `.NAME.old-PID`).
+
+    They are never loaded, but an index can be gigabytes: without this, every killed
+    build would leak its size in disk. Only folders of processes no longer running
+    on this machine are removed.
+    """
+    if not dest.parent.is_dir():
+        return
+    for prefix in (f".{dest.name}.tmp-", f".{dest.name}.old-"):
+        for path in dest.parent.iterdir():
+            pid = path.name[len(prefix):]
+            if path.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_json_synced(path: Path, obj) -> None:
@@ -121,19 +167,26 @@ def _write_json_synced(path: Path, obj) -> None:
 
 def _swap_into_place(tmp: Path, dest: Path) -> None:
     # rename() of a folder is atomic but cannot replace a non-empty one: move the old
-    # folder aside first. In between, loaders see "missing", never a mix of old and new.
+    # folder aside first. In between, loaders see "missing" (and wait), never a mix of old and new.
     old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    if dest.exists():
+    moved = dest.exists()
+    if moved:
         os.rename(dest, old)
-    os.rename(tmp, dest)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        if moved:
+            os.rename(old, dest)  # put the previous index back where loaders look for it
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(folder: Path) -> dict | None:
     try:
-        return json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 class Collection:
@@ -160,12 +213,70 @@ class Collection:
         return self.indexes[lang].reconstruct(int(position))
 
 
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with a manifest's shape (hand-edited, or from a broken writer), if anything."""
+    embedder, langs, files = manifest.get("embedder"), manifest.get("languages"), manifest.get("files")
+    if not isinstance(embedder, dict) or not isinstance(embedder.get("id"), str) or not isinstance(embedder.get("dim"), int):
+        return "no embedder id and dimension"
+    if not isinstance(langs, dict) or not isinstance(files, dict):
+        return "no language or file table"
+    for lang, entry in langs.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("count"), int):
+            return f"a malformed entry for language {lang!r}"
+        for key in ("index", "passages"):
+            value = entry.get(key)
+            # Plain names inside the folder only: a manifest must not point a loader elsewhere.
+            if not isinstance(value, str) or not value or value != Path(value).name or value.startswith("."):
+                return f"a bad {key} file name for language {lang!r}"
+    return None
+
+
+def _siblings(folder: Path) -> list[Path]:
+    try:
+        return list(folder.parent.iterdir())
+    except OSError:
+        return []
+
+
+def _identity(folder: Path) -> tuple | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def load_collection(folder: Path, embedder_id: str | None = None, languages=None, verify: bool = True) -> Collection:
-    """Load a collection, refusing (with a clear message) a missing, corrupt or mismatched one."""
+    """Load a collection, refusing (with a clear message) a missing, corrupt or mismatched one.
+
+    A rebuild swaps a whole new folder into place while this may be reading: a load
+    during which the folder changed is thrown away and done again, so the files loaded
+    always come from one folder (never old vectors with new passages).
+    """
+    folder = Path(folder)
+    for _ in range(3):
+        before = _identity(folder)
+        if before is None and any(p.name.startswith(f".{folder.name}.old-") for p in _siblings(folder)):
+            time.sleep(0.05)  # between the two renames of a swap: the new folder is a moment away
+            continue
+        try:
+            collection = _load_once(folder, embedder_id, languages, verify)
+        except StoreError:
+            if _identity(folder) == before:
+                raise
+            continue
+        if _identity(folder) == before:
+            return collection
+    if _identity(folder) is None:
+        return _load_once(folder, embedder_id, languages, verify)  # the clear "no index" message
+    raise StoreError(f"index '{folder.name}' kept changing while it was being loaded (is it being rebuilt?); try again")
+
+
+def _load_once(folder: Path, embedder_id: str | None, languages, verify: bool) -> Collection:
     import faiss
 
-    folder = Path(folder)
     name = folder.name
+    rebuild = f"rebuild with: python -m indexes.build --collection {name} --force"
     manifest = read_manifest(folder)
     if manifest is None:
         hint = f"build it with: python -m indexes.build --collection {name}"
@@ -174,6 +285,9 @@ def load_collection(folder: Path, embedder_id: str | None = None, languages=None
         raise StoreError(f"no index for collection '{name}' (looked in {folder}); {hint}")
     if manifest.get("format") != FORMAT:
         raise StoreError(f"index '{name}' has format {manifest.get('format')}, this version reads {FORMAT}; rebuild it")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise StoreError(f"index '{name}' has a malformed manifest ({problem}); {rebuild}")
     built_with = manifest["embedder"]["id"]
     if embedder_id is not None and built_with != embedder_id:
         raise StoreError(f"index '{name}' was built with embedder '{built_with}', but '{embedder_id}' was asked for: "
@@ -183,21 +297,41 @@ def load_collection(folder: Path, embedder_id: str | None = None, languages=None
     indexes, passages = {}, {}
     for lang in wanted:
         entry = manifest["languages"][lang]
-        for key in ("index", "passages"):
-            path = folder / entry[key]
-            if not path.exists():
-                raise StoreError(f"index '{name}' is missing {entry[key]}; rebuild it")
-            if verify and sha256_file(path) != manifest["files"].get(entry[key]):
-                raise StoreError(f"index '{name}': {entry[key]} does not match its manifest checksum "
-                                 f"(corrupt or swapped file); rebuild with: python -m indexes.build --collection {name} --force")
+        index_file, passages_file = entry["index"], entry["passages"]
         try:
-            indexes[lang] = faiss.read_index(str(folder / entry["index"]))
-        except RuntimeError as err:
-            raise StoreError(f"index '{name}': cannot read {entry['index']}: {err}") from err
-        if isinstance(indexes[lang], faiss.IndexHNSW):
-            indexes[lang].hnsw.efSearch = HNSW_EF_SEARCH
-        with open(folder / entry["passages"], encoding="utf-8") as fh:
-            passages[lang] = [Passage(**json.loads(line)) for line in fh]
-        if indexes[lang].ntotal != len(passages[lang]) or indexes[lang].d != manifest["embedder"]["dim"]:
-            raise StoreError(f"index '{name}' ({lang}): vectors and passages disagree; rebuild it")
+            for file in (index_file, passages_file):
+                path = folder / file
+                if not path.exists():
+                    raise StoreError(f"index '{name}' is missing {file}; rebuild it")
+                if verify and sha256_file(path) != manifest["files"].get(file):
+                    raise StoreError(f"index '{name}': {file} does not match its manifest checksum "
+                                     f"(corrupt or swapped file); {rebuild}")
+            try:
+                indexes[lang] = faiss.read_index(str(folder / index_file))
+            except RuntimeError as err:
+                raise StoreError(f"index '{name}': {index_file} is unreadable (truncated, or not a FAISS index); {rebuild}") from err
+            if isinstance(indexes[lang], faiss.IndexHNSW):
+                indexes[lang].hnsw.efSearch = HNSW_EF_SEARCH
+            passages[lang] = _read_passages(folder / passages_file, lang, f"index '{name}'", rebuild)
+        except OSError as err:  # the folder went away under us (a rebuild's swap) or a read failed
+            raise StoreError(f"index '{name}': cannot read {folder.name}/{index_file}: {err.strerror or err}; {rebuild}") from err
+        ntotal, dim = indexes[lang].ntotal, indexes[lang].d
+        if ntotal != len(passages[lang]) or dim != manifest["embedder"]["dim"]:
+            raise StoreError(f"index '{name}': {index_file} holds {ntotal} vectors of dimension {dim}, but {passages_file} "
+                             f"{len(passages[lang])} passages and the manifest dimension {manifest['embedder']['dim']}; {rebuild}")
     return Collection(folder, manifest, indexes, passages)
+
+
+def _read_passages(path: Path, lang: str, what: str, rebuild: str) -> list[Passage]:
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                passage = Passage(**json.loads(line))
+            except (ValueError, TypeError) as err:  # cut short, or not a passage record
+                raise StoreError(f"{what}: line {number} of {path.name} is not a passage ({type(err).__name__}); {rebuild}") from err
+            if passage.lang != lang:
+                raise StoreError(f"{what}: {path.name} holds a '{passage.lang}' passage at line {number} "
+                                 f"(a file swapped between languages?); {rebuild}")
+            out.append(passage)
+    return out
