@@ -9,6 +9,7 @@ apart. This module also defines the wire format both sides use (`evidence_to_jso
 """
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import asdict
 
@@ -45,10 +46,13 @@ def evidence_from_json(data: list[dict]) -> list[Evidence]:
 class RemoteRetriever:
     """`Retriever`'s search interface, answered by a running retrieval service."""
 
-    def __init__(self, url: str, languages: list[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str, languages: list[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S, client=None):
+        """`client`: an httpx.Client to send every request through (tests pass FastAPI's
+        TestClient); by default each thread opens its own connection pool to `url`."""
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._local = threading.local()  # one HTTP client per thread: no shared connection state
+        self._shared = client
+        self._local = threading.local()
         self.manifest = self._request("GET", "/health")
         served = sorted(self.manifest["languages"])
         unknown = [l for l in (languages or []) if l not in served]
@@ -97,6 +101,8 @@ class RemoteRetriever:
     def _client(self):
         import httpx
 
+        if self._shared is not None:
+            return self._shared
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._local.client = httpx.Client(base_url=self.url, timeout=self.timeout, trust_env=False)
@@ -106,7 +112,11 @@ class RemoteRetriever:
         import httpx
 
         try:
-            response = self._client().request(method, path, json=body)
+            # ASCII-escaped JSON: a lone surrogate in a query travels (and is refused by the
+            # service with a clear message) instead of failing to encode here.
+            content = json.dumps(body).encode() if body is not None else None
+            response = self._client().request(method, path, content=content,
+                                              headers={"Content-Type": "application/json"} if content else None)
         except httpx.TimeoutException as err:
             raise RetrievalServiceError(f"the retrieval service at {self.url} did not answer within {self.timeout:g} s "
                                         f"({type(err).__name__})") from err
