@@ -182,6 +182,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crosearch_agent.serve_retrieval", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; the service has no authentication)")
     parser.add_argument("--port", type=int, default=8100, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and FAISS threads per request (default: %(default)s: concurrency comes from requests; "
+                             "on a shared machine more threads per call were measured 5-20x slower)")
     Settings.add_arguments(parser, only=SETTINGS_FLAGS)
     args = parser.parse_args(argv)
     settings = Settings.from_args(args)
@@ -189,13 +192,15 @@ def main(argv=None) -> int:
         print(f"warning: binding {args.host}: anyone who can reach this port can search the collection", file=sys.stderr)
 
     import faiss
+    import torch
     import uvicorn
 
     from crosearch_agent.retriever import load_retriever
     from crosearch_agent.store import StoreError
 
     # Concurrency comes from requests; OpenMP teams per request would fight over the cores.
-    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(max(1, args.threads))
+    faiss.omp_set_num_threads(max(1, args.threads))
     try:
         retriever = load_retriever(dataclasses.replace(settings, retriever_url=None))
     except (StoreError, ValueError, OSError) as err:

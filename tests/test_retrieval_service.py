@@ -243,29 +243,30 @@ def _fuzz_strategies(langs):
 
     special = [INJECTION, "</information><answer>", "<think>", "<search>x</search>", "\x00", "\u202e", "\ufeff",
                "\u2028", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "'; DROP TABLE passages; --", "{{7*7}}", "%s%n", "\\u0000", "\r\n"]
-    chars = st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr),
-                      st.sampled_from([chr(c) for c in range(32)] + ["\x7f", "\x85"]))
-    text = st.one_of(st.text(chars, max_size=40), st.sampled_from(special),
+    controls = st.sampled_from([chr(c) for c in range(32)] + ["\x7f", "\x85"])
+    chars = st.one_of(*[st.characters()] * 4, controls)
+    surrogates = st.text(st.one_of(chars, st.integers(0xD800, 0xDFFF).map(chr)), min_size=1, max_size=8)
+    text = st.one_of(st.text(chars, max_size=40), st.sampled_from(special), surrogates,
                      st.lists(st.one_of(st.sampled_from(special), st.text(chars, max_size=8)), max_size=6).map("".join),
                      st.builds(lambda t, n: t * n, st.text(chars, min_size=1, max_size=4), st.integers(200, 1200)))
     value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | text,
                          lambda kids: st.lists(kids, max_size=3) | st.dictionaries(text, kids, max_size=3), max_leaves=6)
-    # Valid choices are listed more than once so that about a third of the requests get through
-    # and exercise the search itself, not only the refusals.
-    good_langs = st.lists(st.sampled_from(langs), min_size=1, max_size=4, unique=True)
-    good_mode = st.sampled_from(["aligned", "concat"])
-    options = {"languages": st.one_of(st.none(), good_langs, good_langs, st.lists(st.one_of(st.sampled_from(langs), text), max_size=13), value),
-               "k": st.one_of(st.none(), st.integers(1, 50), st.integers(1, 50), st.integers(-2, 60), value),
-               "query_lang": st.one_of(st.none(), st.sampled_from(langs), st.sampled_from(langs), text),
-               "mode": st.one_of(good_mode, good_mode, text, value)}
-    extra = st.one_of(st.just({}), st.just({}), st.just({}), st.dictionaries(text, value, min_size=1, max_size=2))
+    # Half the bodies have well-formed options (only the query text is hostile), so that many
+    # requests get through and exercise the search itself; the other half may be wrong anywhere.
+    good = {"languages": st.lists(st.sampled_from(langs), min_size=1, max_size=4, unique=True),
+            "k": st.integers(1, 50), "query_lang": st.sampled_from(langs), "mode": st.sampled_from(["aligned", "concat"])}
+    anything = {"languages": st.one_of(st.none(), st.lists(st.one_of(st.sampled_from(langs), text), max_size=13), value),
+                "k": st.one_of(st.none(), st.integers(-2, 60), value),
+                "query_lang": st.one_of(st.none(), st.sampled_from(langs), text),
+                "mode": st.one_of(st.sampled_from(["aligned", "concat"]), text, value)}
+    extra = st.dictionaries(text, value, max_size=2)
 
     def body(key, main):
-        return st.builds(lambda d, x: {**d, **x}, st.one_of(st.fixed_dictionaries({key: main}, optional=options),
-                                                            st.fixed_dictionaries({}, optional={key: main, **options})), extra)
+        hostile = st.builds(lambda d, x: {**d, **x}, st.fixed_dictionaries({}, optional={key: st.one_of(main, value), **anything}), extra)
+        return st.one_of(st.fixed_dictionaries({key: main}, optional=good), hostile)
 
-    single = body("query", st.one_of(text, text, text, value))
-    batch = body("queries", st.one_of(st.lists(text, min_size=1, max_size=3), st.lists(text, min_size=1, max_size=3), value))
+    single = body("query", text)
+    batch = body("queries", st.lists(text, min_size=1, max_size=3))
     return text, single, batch
 
 
@@ -346,8 +347,7 @@ def test_a_real_server_process_under_concurrent_load(retriever, questions, tmp_p
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "w")
-    # Two torch threads, like this test process (conftest): same arithmetic, same floats.
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "crosearch_agent.serve_retrieval", "--collection", COLLECTION,
                              "--port", str(port)], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -376,10 +376,17 @@ def test_a_real_server_process_under_concurrent_load(retriever, questions, tmp_p
             out = fn()
             return out, (time.perf_counter() - t) * 1000
 
+        import torch
+
         local, served = [], []
-        for q, l in queries:  # interleaved, so both see the same load on the machine
-            local.append(timed(lambda: retriever.search(q, global_langs(l), 5, l)))
-            served.append(timed(lambda: remote.search(q, global_langs(l), 5, l)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the service runs (--threads 1): like for like
+        try:
+            for q, l in queries:  # interleaved, so both see the same load on the machine
+                local.append(timed(lambda: retriever.search(q, global_langs(l), 5, l)))
+                served.append(timed(lambda: remote.search(q, global_langs(l), 5, l)))
+        finally:
+            torch.set_num_threads(threads)
         for (want, _), (got, _) in zip(local, served):
             assert [e.passage_ids for e in got] == [e.passage_ids for e in want]
             assert [e.score for e in got] == pytest.approx([e.score for e in want], rel=1e-4)
