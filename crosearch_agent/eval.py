@@ -140,11 +140,14 @@ QA_KEYS = ("em", "f1", "fem", "c3r", "em_any", "lang", "searches", "latency_s", 
 
 
 def qa_questions(dataset: str, split: str, langs, limit: int | None, data_dir=None) -> list:
-    """The questions of a split, at most `limit` per language, in a stable order."""
+    """The questions of a split, at most `limit` per language, in a stable order.
+    `langs` None: every language the data set has."""
     if dataset == "xquad":
+        langs = langs or qa_data.XQUAD_LANGS
         by_lang = {lang: qa_data.xquad_questions([lang], split, data_dir) for lang in langs}
     elif dataset == "tydiqa-goldp":
         questions = qa_data.load_tydiqa(split, langs, data_dir)[1]
+        langs = langs or sorted({q.lang for q in questions})
         by_lang = {lang: [q for q in questions if q.lang == lang] for lang in langs}
     else:
         raise ValueError(f"unknown dataset {dataset!r}; choose xquad or tydiqa-goldp")
@@ -189,11 +192,13 @@ def run_qa(settings: Settings, dataset: str, split: str, methods, limit: int | N
     unknown = [m for m in methods if m not in QA_METHODS]
     if unknown:
         raise ValueError(f"unknown QA method(s) {unknown}; choose from {', '.join(QA_METHODS)}")
+    # Questions first: a missing data set fails in seconds, before any index or model loads.
+    questions = qa_questions(dataset, split, settings.languages, limit, settings.data_dir)
     ensure_index(settings)
     # --languages picks the questions; every index of the collection stays searchable.
     retriever = load_retriever(dataclasses.replace(settings, languages=None))
     langs = [l for l in (settings.languages or retriever.languages) if l in retriever.languages]
-    questions = qa_questions(dataset, split, langs, limit, settings.data_dir)
+    questions = [q for q in questions if q.lang in langs]
     if not questions:
         raise ValueError(f"no {dataset} questions in the {split} split for {', '.join(langs)}")
     golds = parallel_golds(questions, split, settings.data_dir) if dataset == "xquad" else {}

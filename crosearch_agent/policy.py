@@ -136,12 +136,18 @@ class TransformersPolicy:
 class VLLMPolicy:
     backend = "vllm"
 
-    def __init__(self, model: str, dtype: str = "bfloat16", max_model_len: int = 4096, seed: int = 0, **engine_kw):
+    def __init__(self, model: str, dtype: str = "bfloat16", max_model_len: int = 4096, seed: int = 0,
+                 cpu_kv_cache_gb: float = 1.0, **engine_kw):
         try:
+            import torch
             from vllm import LLM
         except ImportError as err:
             raise PolicyError("the vllm backend needs vLLM (make setup installs it); "
                               "use --backend transformers meanwhile") from err
+        if not torch.cuda.is_available():
+            # On CPU vLLM otherwise reserves a fraction (0.92) of the node's memory and refuses to
+            # start when other processes hold some; a fixed KV cache is enough for small policies.
+            engine_kw.setdefault("kv_cache_memory_bytes", int(cpu_kv_cache_gb * 2**30))
         self.name = model
         try:
             self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
@@ -168,6 +174,14 @@ class VLLMPolicy:
             stop = o.stop_reason if isinstance(o.stop_reason, str) else None
             results.append(Generation(o.text, o.finish_reason or "stop", stop, len(o.token_ids), list(o.token_ids)))
         return results
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now rather than at interpreter exit."""
+        engine = getattr(getattr(self, "llm", None), "llm_engine", None)
+        client = getattr(engine, "engine_core", None)
+        if client is not None:
+            client.shutdown()
+        self.llm = None
 
 
 # ---------------------------------------------------------------- OpenAI-compatible server
