@@ -28,6 +28,7 @@ MAX_QUERY_CHARS = 2000     # the agent's own question limit
 MAX_K = 50
 MAX_BATCH = 64
 MAX_LANGUAGES = 64         # more entries than any collection has languages is a malformed request
+MAX_BODY_BYTES = 4 << 20   # the largest valid batch is ~1.5 MB (64 x 2,000 characters, each a 12-byte JSON escape)
 SETTINGS_FLAGS = ["collection", "languages", "embedder", "k", "align_threshold", "rrf_k", "score_weight"]
 
 
@@ -111,6 +112,15 @@ def create_app(retriever, collection: str | None = None, default_k: int = 5):
     doc_ids = {lang: sorted({p.doc_id for p in retriever.collection.passages[lang]}) for lang in served}
 
     app = FastAPI(title="CroSearch retrieval service", version="1", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        # Refused before the body is read; a body sent without a length is read and parsed as usual.
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return JSONResponse({"error": f"request body of {int(length):,} bytes is over the limit of {MAX_BODY_BYTES:,}"},
+                                status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(BadRequest)
     async def _bad(request: Request, err: BadRequest):

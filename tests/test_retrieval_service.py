@@ -221,6 +221,8 @@ def test_other_bad_requests(client, remote):
     assert r.status_code == 422 and "the body must be a JSON object" in r.json()["error"]
     assert client.get("/search").status_code == 405 and client.get("/search").json() == {"error": "Method Not Allowed"}
     assert client.get("/nothing").status_code == 404 and "error" in client.get("/nothing").json()
+    r = client.post("/search", json={"query": "a", "pad": "x" * (5 << 20)})
+    assert r.status_code == 413 and "over the limit" in r.json()["error"]
     r = client.get("/doc_ids/xx")
     assert r.status_code == 404 and "no index for language 'xx'" in r.json()["error"]
     for body, message in [({"queries": []}, "at least 1 item"), ({"queries": ["a"] * 65}, "at most 64 items"),
