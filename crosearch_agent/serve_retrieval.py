@@ -217,8 +217,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     app = create_app(retriever, settings.collection, settings.k)
-    print(f"serving '{settings.collection}' ({', '.join(retriever.languages)}) at http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    print(f"loaded '{settings.collection}' ({', '.join(retriever.languages)}); POST /search, GET /health", flush=True)
+    # uvicorn says "running on http://HOST:PORT" once bound (or why it could not bind); no line per request.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
 
 

@@ -363,7 +363,7 @@ def test_a_real_server_process_under_concurrent_load(retriever, questions, tmp_p
                 assert time.monotonic() < deadline, "the service did not come up in 180 s"
                 time.sleep(0.5)
         assert isinstance(remote, RemoteRetriever) and remote.languages == retriever.languages
-        assert f"at http://127.0.0.1:{port}" in (tmp_path / "server.log").read_text()  # loopback by default
+        assert f"running on http://127.0.0.1:{port}" in (tmp_path / "server.log").read_text()  # loopback by default
         assert load_retriever(Settings(retriever_url=url, languages=["de", "en"])).languages == ["de", "en"]
 
         queries = [(q.question, q.lang) for lang in retriever.languages
