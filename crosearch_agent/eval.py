@@ -34,6 +34,8 @@ KS = (1, 5, 10)
 
 def ensure_index(settings: Settings) -> None:
     """Build the collection's index when it is missing or stale (progress shows in the terminal)."""
+    if getattr(settings, "retriever_url", None):
+        return  # a retrieval service holds the indexes
     try:
         manifest = load_collection(collection_dir(settings.collection), verify=False).manifest
         if manifest["embedder"]["id"] == settings.embedder:
@@ -90,6 +92,7 @@ def summarise(rows: list[dict], score_fn) -> dict:
 def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k: int = max(KS)) -> tuple[dict, list]:
     from crosearch_agent.retriever import load_retriever
 
+    settings = dataclasses.replace(settings, retriever_url=None)  # needs the embedder and raw vectors: local
     ensure_index(settings)
     retriever = load_retriever(dataclasses.replace(settings, languages=None))
     langs = [l for l in (settings.languages or retriever.languages) if l in retriever.languages]
@@ -202,7 +205,7 @@ def run_qa(settings: Settings, dataset: str, split: str, methods, limit: int | N
     if not questions:
         raise ValueError(f"no {dataset} questions in the {split} split for {', '.join(langs)}")
     golds = parallel_golds(questions, split, settings.data_dir) if dataset == "xquad" else {}
-    local_docs = {lang: {p.doc_id for p in retriever.collection.passages[lang]} for lang in retriever.languages}
+    local_docs = {lang: retriever.doc_ids(lang) for lang in retriever.languages}
     policy = load_policy(settings.backend, settings.policy, settings.base_url)
     print(f"{len(questions)} {dataset} questions ({split}) in {len(langs)} languages; "
           f"policy {policy.name} on {policy.backend}", flush=True)

@@ -7,7 +7,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from crosearch_agent.config import data_dir  # noqa: E402
+from crosearch_agent.config import data_dir, models_home  # noqa: E402
+
+# Tests that point CROSEARCH_HOME at a temporary folder still share the one materialised copy
+# of the bundled weights (re-materialising the policy costs about a minute).
+os.environ.setdefault("CROSEARCH_MODELS", str(models_home()))
 
 
 def pytest_configure(config):
