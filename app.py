@@ -1,22 +1,510 @@
-"""CroSearch chat app: `python app.py` (placeholder until the app issue lands).
+"""CroSearch chat app: `python app.py` (Gradio, http://127.0.0.1:7860).
 
-For now it checks what the app will need and says what is ready and what is missing.
+The page comes up at once; the models and the default collection's indexes are prepared
+afterwards (materialised and built on first start), and the chat says so until they are
+ready. Each answer streams the agent's steps as panels; the evidence view shows the
+passages of a turn with their languages. The same agent is served headless as the API
+endpoint `/ask` (see README, "Headless use").
+
+Threads: Gradio runs each request in a worker thread; model loading (start-up and "reload
+policy") runs on the main thread, where in-process engines expect to be started. Requests
+that reach the policy at the same time are batched into one backend call, one call at a
+time (the in-process backends are not thread-safe); retrieval and the UI go on meanwhile.
 """
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network here, and no telemetry
+
+import argparse
+import dataclasses
+import queue
 import sys
+import threading
+import time
+from concurrent.futures import Future
 
-from crosearch_agent.config import data_home
-from crosearch_agent.store import StoreError, collection_dir, load_collection
+from crosearch_agent.agent import MAX_QUESTION_CHARS, Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep
+from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, data_dir
+from crosearch_agent.languages import NAMES, XQUAD_LANGS, detect
+from crosearch_agent.policy import BACKENDS, BUNDLED_POLICY, PolicyError, default_backend, latest_checkpoint
+
+import app_views as views
+
+PREPARE_WAIT_S = 900        # a question waits this long for the first start's preparation
+EXAMPLE_LANGS = ("de", "zh", "es", "ar", "ru", "hi", "vi", "el")
+DEFAULT_POLICY = "default"  # the policy dropdown's "newest checkpoint, else bundled"
 
 
-def main() -> int:
-    print("CroSearch: the chat app is not built yet (see the open app issue).")
-    print(f"data home: {data_home()}")
+# ---------------------------------------------------------------- the served policy
+
+class ServedPolicy:
+    """The policy behind the app: swappable while serving, one backend call at a time.
+
+    Requests that arrive while a call runs wait and then go together in the next call (one
+    batch per sampling setting), which is what the batched backends are good at.
+    """
+    backend = "none"
+
+    def __init__(self, max_batch: int = 8):
+        self.inner = None
+        self.problem = "the policy is still loading"
+        self.max_batch = max_batch
+        self._pending: list[tuple[list[str], object, Future]] = []
+        self._queue_lock = threading.Lock()
+        self._call_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return getattr(self.inner, "name", "(none)")
+
+    def generate(self, prompts, sampling):
+        fut: Future = Future()
+        with self._queue_lock:
+            self._pending.append((list(prompts), sampling, fut))
+        while not fut.done():
+            if self._call_lock.acquire(timeout=0.05):
+                try:
+                    self._run_batch()
+                finally:
+                    self._call_lock.release()
+        return fut.result()
+
+    def _run_batch(self) -> None:
+        with self._queue_lock:
+            if not self._pending:
+                return
+            sampling = self._pending[0][1]
+            batch = [r for r in self._pending if r[1] == sampling][: self.max_batch]
+            self._pending = [r for r in self._pending if all(r is not b for b in batch)]
+        try:
+            if self.inner is None:
+                raise PolicyError(f"no policy is loaded ({self.problem}); fix the backend settings and press 'Reload policy'")
+            gens = self.inner.generate([p for prompts, _, _ in batch for p in prompts], sampling)
+        except BaseException as err:  # every waiting request hears about it
+            for *_, fut in batch:
+                fut.set_exception(err)
+            return
+        start = 0
+        for prompts, _, fut in batch:
+            fut.set_result(gens[start:start + len(prompts)])
+            start += len(prompts)
+
+    def swap(self, new, problem: str = "") -> None:
+        """Serve `new` from the next call on (None: serve nothing, say `problem`)."""
+        with self._call_lock:
+            old, self.inner, self.problem = self.inner, new, problem
+            self.backend = getattr(new, "backend", "none")
+        if old is not None and old is not new and hasattr(old, "close"):
+            old.close()
+
+
+class LanguageView:
+    """A retriever restricted to some of its languages (the "languages to search" setting)."""
+
+    def __init__(self, retriever, languages):
+        self.retriever = retriever
+        self.languages = [l for l in retriever.languages if l in set(languages)]
+
+    def search(self, query, languages=None, k=5, query_lang=None):
+        return self.retriever.search(query, languages or self.languages, k, query_lang)
+
+    def concat(self, query, languages=None, k=5):
+        return self.retriever.concat(query, languages or self.languages, k)
+
+
+# ---------------------------------------------------------------- models, indexes, readiness
+
+class Engine:
+    """Everything the app serves: the embedder, retrievers per collection, the policy, and
+    whether they are ready. Loading happens on the thread that calls `work` (the main one)."""
+
+    def __init__(self, settings: Settings, log=None):
+        self.settings, self.log = settings, log or (lambda msg: print(msg, flush=True))
+        self.backend = settings.backend or default_backend()
+        self.stage = "starting"
+        self.error: str | None = None
+        self.ready = threading.Event()
+        self.embedder = None
+        self.retrievers: dict[str, object] = {}
+        self.policy = ServedPolicy()
+        self._load_lock = threading.Lock()
+        self.jobs: queue.Queue = queue.Queue()
+
+    # -- the loader thread
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self.jobs.put((fn, args, fut))
+        return fut
+
+    def work(self, stop: threading.Event | None = None) -> None:
+        """Run loading jobs until `stop` is set (the main thread does this while serving)."""
+        while not (stop and stop.is_set()):
+            try:
+                fn, args, fut = self.jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as err:
+                fut.set_exception(err)
+
+    def _stage(self, text: str) -> None:
+        self.stage = text
+        self.log(f"[crosearch] {text}…")
+
+    def prepare(self) -> None:
+        """First start: bundled models, the default collection's index (built if missing), the policy."""
+        from crosearch_agent.store import StoreError
+
+        s = self.settings
+        t0 = time.perf_counter()
+        try:
+            if s.embedder == BUNDLED_EMBEDDER and not s.retriever_url:
+                self._stage("materialising the bundled embedder")
+                from crosearch_agent.bundled import materialise_embedder
+
+                materialise_embedder()
+            if not s.retriever_url:
+                self._stage("loading the embedder")
+                from crosearch_agent.embedder import Embedder
+
+                self.embedder = Embedder(s.embedder)
+            self._stage(f"loading the index '{s.collection}'")
+            try:
+                self.retriever(s.collection)
+            except StoreError as err:
+                if s.retriever_url:
+                    raise
+                self._stage(f"building the index '{s.collection}' (first start; about a minute): {err}")
+                from indexes import build
+
+                build.build(s.collection, s.languages, s.embedder, s.index_type, s.data_dir, log=self.log)
+                self._stage(f"loading the index '{s.collection}'")
+                self.retriever(s.collection)
+        except Exception as err:  # the page stays up and says what went wrong
+            self.error = f"{type(err).__name__}: {err}" if not isinstance(err, (StoreError, ValueError, OSError)) else str(err)
+            self.log(f"[crosearch] could not prepare the index: {self.error}")
+            self.stage = "failed"
+            self.ready.set()
+            return
+        self._stage(f"loading the policy ({self.backend})")
+        self.log(f"[crosearch] {self.load_policy(self.backend, s.policy, s.base_url)}")
+        self.stage = "ready"
+        self.log(f"[crosearch] ready in {time.perf_counter() - t0:.1f} s")
+        self.ready.set()
+
+    def load_policy(self, backend: str, policy: str | None, base_url: str | None) -> str:
+        """Load a policy and serve it; on failure keep serving retrieval and say why."""
+        from crosearch_agent.policy import load_policy
+
+        kw = {"seed": self.settings.seed} if backend == "vllm" else {}
+        try:
+            new = load_policy(backend, policy, base_url, **kw)
+        except Exception as err:  # PolicyError, or an engine's own failure
+            problem = str(err) if isinstance(err, PolicyError) else f"{type(err).__name__}: {err}"
+            if self.policy.inner is None:
+                self.policy.swap(None, problem)
+                return f"the policy could not be loaded: {problem}"
+            return f"the policy could not be loaded ({problem}); still serving {self.policy.name}"
+        self.backend = backend
+        self.policy.swap(new)
+        return f"policy: {new.name} (backend: {backend})"
+
+    def retriever(self, collection: str):
+        """The retriever of a collection, loaded once (StoreError when it has no index)."""
+        with self._load_lock:
+            if collection not in self.retrievers:
+                from crosearch_agent.retriever import load_retriever
+
+                s = dataclasses.replace(self.settings, collection=collection)
+                self.retrievers[collection] = load_retriever(s, embedder=self.embedder)
+            return self.retrievers[collection]
+
+    def status(self) -> str:
+        if not self.ready.is_set():
+            return f"**Preparing the models and indexes…** ({self.stage}). You can already type a question."
+        if self.error:
+            return f"**CroSearch could not prepare its index:** {views.md_text(self.error)}"
+        policy = (f"policy {views.md_text(self.policy.name)} ({self.policy.backend})" if self.policy.inner is not None
+                  else f"**no policy loaded:** {views.md_text(self.policy.problem)}")
+        cols = ", ".join(f"{c} ({len(r.languages)} languages)" for c, r in self.retrievers.items())
+        return f"Ready: {policy}; collection {views.md_text(cols)}."
+
+
+# ---------------------------------------------------------------- one question
+
+@dataclasses.dataclass
+class Options:
+    """Per-question settings from the page (None: the app's default)."""
+    collection: str | None = None
+    languages: list[str] | None = None
+    k: int | None = None
+    max_turns: int | None = None
+    temperature: float | None = None
+
+
+def input_problem(question: str) -> str | None:
+    """What is wrong with a question before anything is loaded (same words as the agent)."""
+    q = (question or "").strip()
+    if not q:
+        return "Please type a question."
+    if len(q) > MAX_QUESTION_CHARS:
+        return f"The question is {len(q):,} characters long; please keep it under {MAX_QUESTION_CHARS:,}."
+    return None
+
+
+def language_note(question: str, step: LanguageStep, indexed: list[str]) -> str:
+    """A remark when the question is clearly in a language without an index here."""
+    det = detect(question, tuple(NAMES))
+    if det.fallback or det.confidence < 0.9 or det.lang in indexed or det.lang == step.lang:
+        return ""
+    return (f"The question looks {NAMES[det.lang]} ({det.lang}), which has no index here "
+            f"(indexed: {', '.join(indexed)}). It is searched as {NAMES.get(step.lang, step.lang)}, "
+            "and the answer may come in that language.")
+
+
+def run_question(engine: Engine, question: str, opts: Options):
+    """The events of one question: ("wait", stage) while preparing, then ("step", Step, note)."""
+    problem = input_problem(question)
+    if problem:
+        yield "step", ErrorStep("error", message=problem), ""
+        return
+    deadline = time.monotonic() + PREPARE_WAIT_S
+    while not engine.ready.wait(0.5):
+        if time.monotonic() > deadline:
+            yield "step", ErrorStep("error", message="CroSearch is still preparing its models; please try again later."), ""
+            return
+        yield "wait", engine.stage, ""
+    if engine.error:
+        yield "step", ErrorStep("error", message=f"CroSearch could not prepare its index: {engine.error}"), ""
+        return
+    from crosearch_agent.store import StoreError
+
+    s = engine.settings
+    collection = opts.collection or s.collection
     try:
-        col = load_collection(collection_dir("xquad-partial"), verify=False)
-        print(f"index 'xquad-partial': ready, {col.manifest['passages']} passages in {len(col.languages)} languages")
-    except StoreError as err:
-        print(f"index 'xquad-partial': missing ({err})")
-    print('Try retrieval now:  .venv/bin/python -m crosearch_agent.eval --task retrieval --collection xquad-partial --split test')
+        retriever = engine.retriever(collection)
+    except (StoreError, ValueError, OSError) as err:
+        yield "step", ErrorStep("error", message=f"No usable index for collection '{collection}': {err}"), ""
+        return
+    if opts.languages and set(retriever.languages) - set(opts.languages):
+        retriever = LanguageView(retriever, opts.languages)
+        if not retriever.languages:
+            yield "step", ErrorStep("error", message=f"None of the selected languages has an index in '{collection}' "
+                                                      f"(it has {', '.join(retriever.retriever.languages)})."), ""
+            return
+    settings = dataclasses.replace(s, collection=collection, **{f: getattr(opts, f) for f in ("k", "max_turns", "temperature")
+                                                                if getattr(opts, f) is not None})
+    agent = Agent(engine.policy, retriever, settings)
+    for step in agent.run(question):
+        note = language_note(question, step, retriever.languages) if isinstance(step, LanguageStep) else ""
+        yield "step", step, note
+
+
+def ask(engine: Engine, question: str, opts: Options | None = None) -> dict:
+    """One question, start to end, as the JSON the API returns."""
+    steps, note = [], ""
+    for kind, step, extra in run_question(engine, question, opts or Options()):
+        if kind == "step":
+            steps.append(step)
+            note = note or extra
+    return views.turn_record(question, steps, note)
+
+
+# ---------------------------------------------------------------- the page
+
+def load_examples(langs=EXAMPLE_LANGS, split: str = "dev") -> list[tuple[str, str]]:
+    """(label, question) pairs from XQuAD's dev split, one per language; none without the data."""
+    if data_dir() is None:  # no local copy: never reach for the hub while building the page
+        return []
+    from crosearch_agent.qa_data import xquad_questions
+
+    out = []
+    for i, lang in enumerate(langs):
+        try:
+            qs = xquad_questions([lang], split)
+        except Exception:  # a missing or unreadable file costs that example only
+            continue
+        if qs:
+            q = qs[(i * 37) % len(qs)]  # different questions for different languages
+            out.append((f"{NAMES[lang]}: {q.question}", q.question))
+    return out
+
+
+def collection_languages(collection: str) -> list[str]:
+    """The languages of a built collection, from its manifest (cheap), else XQuAD's."""
+    from crosearch_agent.store import collection_dir, read_manifest
+
+    manifest = read_manifest(collection_dir(collection)) or {}
+    return sorted(manifest.get("languages") or XQUAD_LANGS)
+
+
+def built_collections() -> list[str]:
+    from crosearch_agent.config import data_home
+
+    root = data_home() / "indexes"
+    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists()) if root.is_dir() else []
+
+
+def policy_choices() -> list[tuple[str, str]]:
+    choices = [("default: newest checkpoint, else bundled", DEFAULT_POLICY), ("bundled Gemma 3 270M", BUNDLED_POLICY)]
+    if (ckpt := latest_checkpoint()) is not None:
+        choices.append((f"newest checkpoint: {ckpt.name}", str(ckpt)))
+    return choices
+
+
+def build_ui(engine: Engine, examples: list[tuple[str, str]] | None = None):
+    import gradio as gr
+
+    s = engine.settings
+    langs = collection_languages(s.collection)
+    collections = list(dict.fromkeys([s.collection] + built_collections()))
+
+    with gr.Blocks(title="CroSearch") as demo:
+        gr.Markdown("## CroSearch — ask in your language, answered from evidence in every language")
+        status = gr.Markdown(engine.status(), elem_id="cs-status")
+        records = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(label="Chat", elem_id="cs-chat", height=620, latex_delimiters=[], allow_tags=False,
+                                  group_consecutive_messages=False, feedback_options=None, buttons=["copy"])
+                with gr.Row():
+                    box = gr.Textbox(placeholder="Ask a question in any language…", show_label=False, scale=5,
+                                     elem_id="cs-input", max_lines=6)
+                    send = gr.Button("Ask", variant="primary", scale=1, elem_id="cs-send")
+                if examples:
+                    gr.Examples([[q] for _, q in examples], inputs=[box], label="Examples (XQuAD dev)",
+                                example_labels=[label for label, _ in examples])
+            with gr.Column(scale=2):
+                turn = gr.Dropdown(choices=[], label="Evidence of turn", elem_id="cs-turn", interactive=True)
+                summary = gr.Markdown("", elem_id="cs-summary")
+                evidence = gr.HTML(views.evidence_html(None), elem_id="cs-evidence")
+        with gr.Accordion("Settings", open=False):
+            with gr.Row():
+                collection = gr.Dropdown(collections, value=s.collection, label="Collection", allow_custom_value=True)
+                k = gr.Slider(1, 10, value=s.k, step=1, label="Top-k evidence per search")
+                max_turns = gr.Slider(1, 6, value=s.max_turns, step=1, label="Max search turns")
+                temperature = gr.Slider(0.0, 1.5, value=s.temperature, step=0.1, label="Temperature")
+            languages = gr.CheckboxGroup(langs, value=[l for l in langs if not s.languages or l in s.languages],
+                                         label="Languages to search")
+            with gr.Row():
+                backend = gr.Dropdown(list(BACKENDS), value=engine.backend, label="Backend")
+                policy = gr.Dropdown(policy_choices(), value=s.policy or DEFAULT_POLICY, label="Policy",
+                                     allow_custom_value=True)
+                base_url = gr.Textbox(s.base_url or "", label="Base URL (openai backend)")
+                reload = gr.Button("Reload policy")
+        timer = gr.Timer(1.0)
+
+        def tick():
+            return engine.status(), gr.Timer(active=not engine.ready.is_set())
+
+        def respond(message, history, recs, coll, langs_, k_, turns_, temp_):
+            history = list(history or [])
+            shown_q = views.one_line(message or "", 500) or "(empty)"
+            history.append({"role": "user", "content": views.md_text(shown_q)})
+            opts = Options(coll or None, list(langs_ or []) or None, int(k_), int(turns_), float(temp_))
+            msgs, steps, note = [], [], ""
+            pending_search = None
+            for kind, payload, extra in run_question(engine, message or "", opts):
+                if msgs and msgs[-1].metadata.get("status") == "pending" and msgs[-1] is not pending_search:
+                    msgs.pop()  # the "working…" placeholder
+                if kind == "wait":
+                    msgs.append(views.working_message(f"Preparing the models and indexes… ({payload})"))
+                    yield history + msgs, "", recs, gr.skip(), gr.skip(), gr.skip()
+                    continue
+                step = payload
+                steps.append(step)
+                note = note or extra
+                if isinstance(step, EvidenceStep) and pending_search is not None:
+                    views.finish_search(pending_search, step.duration_s)
+                    pending_search = None
+                msgs.append(views.step_message(step, extra))
+                if isinstance(step, SearchStep):
+                    pending_search = msgs[-1]
+                elif step.kind not in ("answer", "error"):
+                    msgs.append(views.working_message())
+                yield history + msgs, "", recs, gr.skip(), gr.skip(), gr.skip()
+            record = views.turn_record(message or "", steps, note)
+            recs = list(recs or []) + [record]
+            choices = views.turn_choices(recs)
+            yield (history + msgs, "", recs, gr.Dropdown(choices=choices, value=len(recs) - 1),
+                   views.summary_markdown(record), views.evidence_html(record))
+
+        def show_turn(recs, index):
+            if not recs or index is None:
+                return "", views.evidence_html(None)
+            record = recs[int(index)]
+            return views.summary_markdown(record), views.evidence_html(record)
+
+        def on_collection(coll):
+            langs_ = collection_languages(coll)
+            return gr.CheckboxGroup(choices=langs_, value=langs_)
+
+        def on_reload(backend_, policy_, url_):
+            yield "**Reloading the policy…**", gr.skip()
+            name = None if policy_ in (None, "", DEFAULT_POLICY) else policy_
+            message = engine.submit(engine.load_policy, backend_, name, url_ or None).result()
+            yield f"{engine.status()}  \nReload: {views.md_text(message)}", gr.Dropdown(choices=policy_choices())
+
+        inputs = [box, chat, records, collection, languages, k, max_turns, temperature]
+        outputs = [chat, box, records, turn, summary, evidence]
+        for trigger in (box.submit, send.click):
+            trigger(respond, inputs, outputs, concurrency_id="agent", api_visibility="private")
+        turn.change(show_turn, [records, turn], [summary, evidence], concurrency_limit=None, api_visibility="private")
+        collection.change(on_collection, [collection], [languages], concurrency_limit=None, api_visibility="private")
+        reload.click(on_reload, [backend, policy, base_url], [status, policy], concurrency_limit=1, api_visibility="private")
+        timer.tick(tick, None, [status, timer], concurrency_limit=None, api_visibility="private")
+
+        def ask_endpoint(question: str, languages: str = "") -> dict:
+            """Ask CroSearch one question. `languages`: optional comma-separated codes to search
+            (default: every indexed language). Returns the answer, its language, every step and
+            the evidence as JSON."""
+            chosen = [l.strip() for l in (languages or "").split(",") if l.strip()]
+            return ask(engine, question, Options(languages=chosen or None))
+
+        gr.api(ask_endpoint, api_name="ask", concurrency_id="agent")
+    return demo
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python app.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="questions answered at once (default: 4 for in-process backends, 8 for openai)")
+    Settings.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    settings = Settings.from_args(args)
+    engine = Engine(settings)
+    demo = build_ui(engine, load_examples())
+    # Generation is serialised (and batched) by ServedPolicy; this bounds how many questions
+    # hold a worker at once, so retrieval and the page stay responsive.
+    limit = args.concurrency or (8 if engine.backend == "openai" else 4)
+    demo.queue(default_concurrency_limit=limit)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                    ssr_mode=False, css=views.EVIDENCE_CSS, footer_links=["api"], quiet=True)
+    except OSError as err:
+        print(f"error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 1
+    print(f"CroSearch is up at http://{args.host}:{args.port} — preparing the models and indexes…", flush=True)
+    engine.submit(engine.prepare)
+    try:
+        engine.work()
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        demo.close()
+        engine.policy.swap(None, "the app stopped")
     return 0
 
 

@@ -1,0 +1,311 @@
+"""What the chat app shows, as pure functions: agent steps -> chat panels, evidence -> cards,
+a per-turn summary, and the JSON the headless API returns.
+
+Nothing here loads a model or touches the network, so every function is unit-tested fast.
+All text that came from documents, users or the policy goes through `md_text` (chat, which
+renders Markdown) or `html_text` (evidence view, raw HTML): protocol tags become the
+look-alikes the policy saw (`‹answer›`, see `crosearch_agent.prompts.escape_document`) and
+nothing can inject markup.
+"""
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections import Counter
+
+import gradio as gr
+
+from crosearch_agent import prompts
+from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, Step, ThinkStep
+from crosearch_agent.languages import CHARACTER_LANGS, name as lang_name
+
+EXCERPT_CHARS = 220          # passage text shown per item inside a chat panel
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}()#+\-!|~$>])")
+
+
+# ---------------------------------------------------------------- escaping
+
+def lang_label(code: str) -> str:
+    return f"{lang_name(code)} ({code})"
+
+
+def md_text(text: str) -> str:
+    """Untrusted text for a Markdown chat message: tags neutralised, markup characters escaped."""
+    text = prompts.escape_document(str(text))
+    text = text.replace("&", "&amp;").replace("<", "&lt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def html_text(text: str) -> str:
+    """Untrusted text for raw HTML (the evidence view)."""
+    return html.escape(prompts.escape_document(str(text)), quote=True)
+
+
+def one_line(text: str, max_chars: int | None = None) -> str:
+    text = " ".join(str(text).split())
+    return prompts.truncate(text, max_chars) if max_chars else text
+
+
+# ---------------------------------------------------------------- steps -> chat panels
+
+def step_message(step: Step, note: str = "") -> gr.ChatMessage:
+    """One agent step as one chat message: a collapsible panel, or (answer, error) plain text.
+
+    A search panel starts "pending"; `finish_search` closes it when its evidence arrives.
+    `note` adds a line to the panel (the app's remark that a language has no index).
+    """
+    done = {"status": "done", "duration": round(step.duration_s, 2)}
+    if isinstance(step, LanguageStep):
+        body = f"Detected {lang_label(step.lang)}, confidence {step.confidence:.0%}."
+        if step.fallback:
+            body += f"\n\n{md_text(step.reason)}"
+        if note:
+            body += f"\n\n{md_text(note)}"
+        return gr.ChatMessage(body, metadata={"title": f"Language: {lang_label(step.lang)}", **done})
+    if isinstance(step, ThinkStep):
+        return gr.ChatMessage(md_text(step.text) or "…", metadata={"title": f"Thinking (turn {step.turn})", **done})
+    if isinstance(step, SearchStep):
+        where = lang_label(step.languages[0]) if len(step.languages) == 1 else f"{len(step.languages)} languages"
+        body = (f"Query: {md_text(step.query)}\n\nSearching ({step.scope}): "
+                + ", ".join(lang_label(l) for l in step.languages))
+        return gr.ChatMessage(body, metadata={"title": f"Search {step.turn} ({step.scope}, {where}): {md_text(one_line(step.query, 80))}",
+                                              "status": "pending"})
+    if isinstance(step, EvidenceStep):
+        langs = ", ".join(step.languages) or "no language"
+        lines = [evidence_line(item) for item in step.items] or ["No passages found."]
+        return gr.ChatMessage("\n".join(lines), metadata={
+            "title": f"Evidence from search {step.turn}: {len(step.items)} items ({langs})", **done})
+    if isinstance(step, AnswerStep):
+        if not step.text:
+            return gr.ChatMessage("I could not find an answer in the evidence (the model gave none).")
+        return gr.ChatMessage(md_text(step.text))
+    if isinstance(step, ErrorStep):
+        return gr.ChatMessage(f"**Sorry:** {md_text(step.message)}")
+    return gr.ChatMessage(md_text(str(step)), metadata={"title": step.kind, **done})
+
+
+def evidence_line(item) -> str:
+    """One evidence item as a Markdown list line: languages, title, excerpt."""
+    also = [l for l in item.languages[1:]]
+    where = lang_label(item.lang) + (f"; also in {', '.join(lang_label(l) for l in also)}" if also else "")
+    return f"{item.rank}. [{where}] **{md_text(one_line(item.title))}**: {md_text(one_line(item.text, EXCERPT_CHARS))}"
+
+
+def finish_search(message: gr.ChatMessage, duration_s: float) -> None:
+    """Close a pending search panel once its evidence arrived."""
+    message.metadata["status"] = "done"
+    message.metadata["duration"] = round(duration_s, 2)
+
+
+def working_message(text: str = "The model is reading the evidence and writing…") -> gr.ChatMessage:
+    """A pending panel while the policy generates (so the page never looks dead)."""
+    return gr.ChatMessage("", metadata={"title": text, "status": "pending"})
+
+
+# ---------------------------------------------------------------- JSON (API and the evidence view)
+
+def evidence_json(item) -> dict:
+    return {"rank": item.rank, "score": round(float(item.score), 6), "lang": item.lang, "lang_name": lang_name(item.lang),
+            "title": item.title, "text": item.text, "languages": list(item.languages),
+            "members": [{"id": h.passage.id, "lang": h.passage.lang, "title": h.passage.title, "text": h.passage.text,
+                         "score": round(float(h.score), 6), "rank": h.rank} for h in item.members]}
+
+
+def step_json(step: Step) -> dict:
+    out = {"kind": step.kind, "t": round(step.t, 3), "duration_s": round(step.duration_s, 3)}
+    if isinstance(step, LanguageStep):
+        out.update(lang=step.lang, lang_name=lang_name(step.lang), confidence=round(step.confidence, 4),
+                   fallback=step.fallback, reason=step.reason)
+    elif isinstance(step, ThinkStep):
+        out.update(text=step.text, turn=step.turn)
+    elif isinstance(step, SearchStep):
+        out.update(query=step.query, languages=list(step.languages), scope=step.scope, turn=step.turn)
+    elif isinstance(step, EvidenceStep):
+        out.update(turn=step.turn, items=[evidence_json(i) for i in step.items])
+    elif isinstance(step, AnswerStep):
+        out.update(text=step.text, lang=step.lang, forced=step.forced)
+    elif isinstance(step, ErrorStep):
+        out.update(message=step.message)
+    return out
+
+
+def turn_record(question: str, steps: list[Step], note: str = "") -> dict:
+    """Everything about one question, JSON-able: what the API returns and the evidence view reads."""
+    js = [step_json(s) for s in steps]
+    lang = next((s["lang"] for s in js if s["kind"] == "language"), "")
+    answer = next((s for s in js if s["kind"] == "answer"), None)
+    error = next((s["message"] for s in js if s["kind"] == "error"), None)
+    record = {"question": question, "lang": lang, "lang_name": lang_name(lang) if lang else "",
+              "answer": answer["text"] if answer else None, "forced": bool(answer and answer["forced"]),
+              "error": error, "note": note, "latency_s": round(steps[-1].t, 3) if steps else 0.0, "steps": js}
+    record["summary"] = summarize(record)
+    return record
+
+
+# ---------------------------------------------------------------- evidence analysis
+
+def unique_members(record: dict) -> list[dict]:
+    """Every passage any search of the turn returned, once (by passage id), best rank first."""
+    seen: dict[str, dict] = {}
+    for step in record["steps"]:
+        if step["kind"] != "evidence":
+            continue
+        for item in step["items"]:
+            for m in item["members"]:
+                seen.setdefault(m["id"], m)
+    return list(seen.values())
+
+
+def _norm(text: str) -> str:
+    """Casefolded, NFKC, punctuation as spaces, whitespace collapsed (for 'is the answer in there')."""
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text or "").casefold())
+    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    return " ".join(text.split())
+
+
+def _has_cjk(text: str) -> bool:
+    return any(unicodedata.name(ch, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "THAI")) for ch in text)
+
+
+def contains_answer(passage: str, answer: str, lang: str = "") -> bool:
+    """Whether the normalised answer occurs in the normalised passage (whole words, except in
+    scripts written without spaces)."""
+    a, p = _norm(answer), _norm(passage)
+    if not a:
+        return False
+    if lang in CHARACTER_LANGS or _has_cjk(a):
+        return a.replace(" ", "") in p.replace(" ", "")
+    return f" {a} " in f" {p} "
+
+
+def answer_source(answer: str | None, question_lang: str, members: list[dict]) -> tuple[str, list[str]]:
+    """Where the answer string occurs: 'local' (a passage in the question's language),
+    'cross-lingual' (only in other languages), 'not found' (e.g. translated), or 'no answer'."""
+    if not answer or not answer.strip():
+        return "no answer", []
+    found = sorted({m["lang"] for m in members if contains_answer(m["text"], answer, question_lang)})
+    if question_lang in found:
+        return "local", found
+    return ("cross-lingual", found) if found else ("not found", [])
+
+
+def summarize(record: dict) -> dict:
+    members = unique_members(record)
+    counts = Counter(m["lang"] for m in members)
+    source, found_in = answer_source(record.get("answer"), record.get("lang", ""), members)
+    searches = [s for s in record["steps"] if s["kind"] == "search"]
+    return {"passages": len(members), "by_language": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "answer_source": source, "answer_found_in": found_in, "searches": len(searches),
+            "scopes": [s["scope"] for s in searches]}
+
+
+SOURCE_TEXT = {
+    "local": "the answer appears in a passage in the question's language (local evidence)",
+    "cross-lingual": "the answer appears only in passages in other languages (cross-lingual evidence)",
+    "not found": "the answer string appears in no passage verbatim (it may be a translation, or not from the evidence)",
+    "no answer": "no answer was given",
+}
+
+
+def summary_markdown(record: dict) -> str:
+    s = record["summary"]
+    if not s["passages"]:
+        reason = f" ({md_text(record['error'])})" if record.get("error") else ""
+        return f"No evidence for this question{reason}."
+    per_lang = ", ".join(f"{lang_label(l)}: {n}" for l, n in s["by_language"].items())
+    where = SOURCE_TEXT[s["answer_source"]]
+    if s["answer_found_in"]:
+        where += " — found in " + ", ".join(lang_label(l) for l in s["answer_found_in"])
+    return (f"**{s['passages']} passages** from {len(s['by_language'])} languages in {s['searches']} searches "
+            f"({', '.join(s['scopes'])}).  \nPer language: {per_lang}.  \nAnswer: {where}.")
+
+
+# ---------------------------------------------------------------- highlighting and cards
+
+def _query_terms(query: str) -> list[str]:
+    """Words worth marking in a passage: words of 4+ characters or numbers, and pairs of
+    characters from scripts written without spaces."""
+    terms = []
+    for word in re.findall(r"\w+", query):
+        if _has_cjk(word):
+            terms += [word[i:i + 2] for i in range(len(word) - 1)]
+        elif len(word) >= 4 or word.isdigit():
+            terms.append(word)
+    return list(dict.fromkeys(terms))
+
+
+def highlight(text: str, answer: str | None = None, query: str = "") -> str:
+    """HTML of `text` (escaped) with the answer marked `<mark class="ans">` and, elsewhere,
+    the query's words marked `<mark class="q">` (case-insensitive)."""
+    label = [""] * len(text)
+    for terms, cls in (([answer.strip()] if answer and answer.strip() else [], "ans"), (_query_terms(query), "q")):
+        if not terms:
+            continue
+        pattern = re.compile("|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)), re.IGNORECASE)
+        for m in pattern.finditer(text):
+            if m.end() > m.start() and not any(label[m.start():m.end()]):
+                label[m.start():m.end()] = [cls] * (m.end() - m.start())
+    out, start = [], 0
+    for i in range(1, len(text) + 1):
+        if i == len(text) or label[i] != label[start]:
+            chunk = html_text(text[start:i])
+            out.append(f'<mark class="{label[start]}">{chunk}</mark>' if label[start] else chunk)
+            start = i
+    return "".join(out)
+
+
+def _search_sections(record: dict):
+    """(search step, evidence step) pairs of one turn, in order."""
+    search = None
+    for step in record["steps"]:
+        if step["kind"] == "search":
+            search = step
+        elif step["kind"] == "evidence":
+            yield search or {"turn": step["turn"], "query": "", "scope": "", "languages": []}, step
+
+
+def evidence_html(record: dict | None) -> str:
+    """The evidence view of one turn: per search, one card per evidence item."""
+    if not record:
+        return '<div class="cs-empty">Ask a question: its evidence appears here.</div>'
+    answer, parts, shown = record.get("answer"), [], {}
+    for search, ev in _search_sections(record):
+        ids = tuple(m["id"] for item in ev["items"] for m in item["members"])
+        head = (f'<h4 class="cs-search">Search {search["turn"]} ({html_text(search["scope"])}): '
+                f'“{html_text(search["query"])}” in {html_text(", ".join(search["languages"]))}</h4>')
+        if ids and ids in shown:
+            parts.append(head + f'<p class="cs-same">Same {len(ev["items"])} items as search {shown[ids]}.</p>')
+            continue
+        shown[ids] = search["turn"]
+        cards = [evidence_card(item, answer, search["query"]) for item in ev["items"]]
+        parts.append(head + ("".join(cards) or '<p class="cs-same">No passages found.</p>'))
+    if not parts:
+        return f'<div class="cs-empty">No evidence for this question. {html_text(record.get("error") or "")}</div>'
+    return '<div class="cs-evidence">' + "".join(parts) + "</div>"
+
+
+def evidence_card(item: dict, answer: str | None, query: str) -> str:
+    others = [m for m in item["members"][1:]]
+    also = ", ".join(f'{html_text(lang_label(m["lang"]))} (rank {m["rank"]})' for m in others)
+    return (f'<div class="cs-card" data-lang="{html_text(item["lang"])}">'
+            f'<div class="cs-meta"><b>#{item["rank"]}</b> · <span class="cs-lang">{html_text(lang_label(item["lang"]))}</span>'
+            f' · fused score {item["score"]:.4f} · <i>{html_text(item["title"])}</i></div>'
+            f'<div class="cs-text">{highlight(item["text"], answer, query)}</div>'
+            + (f'<div class="cs-also">Also found in: {also}</div>' if also else
+               '<div class="cs-also">Found in this language only.</div>')
+            + "</div>")
+
+
+def turn_choices(records: list[dict]) -> list[tuple[str, int]]:
+    return [(f"{i + 1}. [{r['lang'] or '?'}] {one_line(r['question'], 60) or '(empty)'}", i) for i, r in enumerate(records)]
+
+
+EVIDENCE_CSS = """
+.cs-card {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px; margin: 6px 0;}
+.cs-meta {font-size: 0.9em; color: var(--body-text-color-subdued); margin-bottom: 4px;}
+.cs-also, .cs-same {font-size: 0.85em; color: var(--body-text-color-subdued); margin-top: 4px;}
+.cs-text mark.ans {background: #ffd54f; color: #000; font-weight: 600;}
+.cs-text mark.q {background: #c8e6c9; color: #000;}
+.cs-search {margin: 12px 0 4px 0;}
+"""
