@@ -33,10 +33,12 @@ def replace_dir(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_policy(model, tokenizer, dest: Path, info: dict, source: str | os.PathLike | None = None) -> Path:
+def save_policy(model, tokenizer, dest: Path, info: dict, source: str | os.PathLike | None = None,
+                state_dict: dict | None = None) -> Path:
     """A policy folder that transformers and vLLM load: bf16 weights, tokenizer, `training.json`.
 
     Licence files of the source model (e.g. the Gemma terms) travel with the weights.
+    `state_dict` is for sharded models (ZeRO-3): the gathered weights.
     """
     import torch
 
@@ -46,7 +48,7 @@ def save_policy(model, tokenizer, dest: Path, info: dict, source: str | os.PathL
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         state = {k: v.detach().to(torch.bfloat16) if v.is_floating_point() else v
-                 for k, v in model.state_dict().items()}
+                 for k, v in (state_dict if state_dict is not None else model.state_dict()).items()}
         model.config.dtype = torch.bfloat16
         model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))

@@ -74,15 +74,75 @@ def grpo_args(cfg: TrainConfig):
         log_completions=False, **extra, **trainer_device_args(cfg))
 
 
-def make_trainer_class():
+def make_trainer_class(on_cpu: bool):
+    """GRPOTrainer with atomic checkpoints that scores log-probabilities on the policy's
+    tokens only.
+
+    TRL scores every completion token and masks the loss afterwards; here ~90% of a
+    completion is retrieved text (env_mask 0), so those positions get label -100 and TRL's
+    fused LM head skips them (it already does on GPUs; on CPU it is told to). The mask
+    comes from the batch (`tool_mask`) in the loss, and from the rollout for the old/reference
+    log-probabilities computed right after generation.
+    """
+    import torch
     from trl import GRPOTrainer
 
     from training.checkpoints import AtomicCheckpoints
 
+    if on_cpu:
+        from training.config import score_labelled_positions_only
+
+        score_labelled_positions_only()
+
     class Trainer(AtomicCheckpoints, GRPOTrainer):
-        pass
+        score_mask = None
+
+        def _compute_loss(self, model, inputs):
+            self.score_mask = inputs.get("tool_mask")
+            try:
+                return super()._compute_loss(model, inputs)
+            finally:
+                self.score_mask = None
+
+        def _generate_and_score_completions(self, inputs):
+            try:
+                return super()._generate_and_score_completions(inputs)
+            finally:
+                self.score_mask = None
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                               **multimodal):
+            mask = self.score_mask
+            if (mask is None or compute_aux_loss or any(v is not None for v in multimodal.values())
+                    or tuple(mask.shape) != (input_ids.size(0), logits_to_keep)):
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                    compute_aux_loss, **multimodal)
+            batch_size = batch_size or input_ids.size(0)
+            logps, entropies = [], []
+            for start in range(0, input_ids.size(0), batch_size):
+                ids, att = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
+                labels = ids.masked_fill(att == 0, -100)
+                labels[:, :-logits_to_keep] = -100
+                tail = labels[:, -logits_to_keep:]
+                labels[:, -logits_to_keep:] = tail.masked_fill(mask[start:start + batch_size].to(tail.device) == 0, -100)
+                with self.accelerator.autocast():
+                    out = model(input_ids=ids, attention_mask=att, labels=labels, fused_lm_head=True)
+                logps.append(out.log_probs[:, -logits_to_keep:])
+                if compute_entropy:
+                    entropies.append(out.entropy[:, -logits_to_keep:])
+            return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     return Trainer
+
+
+def env_mask_tensor(masks: list[list[int]], device=None):
+    """Rollout env_masks padded on the right with 1, as TRL pads its `tool_mask`."""
+    import torch
+
+    width = max(len(m) for m in masks)
+    return torch.tensor([m + [1] * (width - len(m)) for m in masks], device=device)
 
 
 def make_recorder_factory(cfg: TrainConfig, tokenizer):
@@ -97,7 +157,7 @@ def make_recorder_factory(cfg: TrainConfig, tokenizer):
                 cache["r"] = VLLMTurns(trainer.vllm_generation.llm, tokenizer, cfg.seed)
             else:
                 model = trainer.accelerator.unwrap_model(trainer.model)
-                cache["r"] = ModelTurns(model, tokenizer, cfg.seed, autocast_bf16=cfg.bf16)
+                cache["r"] = ModelTurns(model, tokenizer, cfg.seed)
         return cache["r"]
 
     return recorder_for
@@ -138,8 +198,14 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     stats = RolloutStats()
-    rollout_func = make_rollout_func(by_key, cfg, agent_for, make_recorder_factory(cfg, tokenizer), stats)
-    Trainer = make_trainer_class()
+    rollouts = make_rollout_func(by_key, cfg, agent_for, make_recorder_factory(cfg, tokenizer), stats)
+
+    def rollout_func(prompts_, trainer):
+        out = rollouts(prompts_, trainer)
+        trainer.score_mask = env_mask_tensor(out["env_mask"], trainer.accelerator.device)
+        return out
+
+    Trainer = make_trainer_class(device_kind(cfg) == "cpu")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*rollout_func.*")
         trainer = Trainer(model=policy, reward_funcs=rewards.reward_funcs(cfg.answer_metric), args=grpo_args(cfg),
@@ -158,12 +224,14 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
             "train_seconds": result.metrics.get("train_runtime"), "wall_seconds": round(time.perf_counter() - t0, 1),
             "device": device_kind(cfg), "agent": agent_options(cfg), "config": cfg.__dict__,
             "first_step": rows[0] if rows else None, "last_step": rows[-1] if rows else None}
+    state = trainer.accelerator.get_state_dict(trainer.model)  # gathers ZeRO-3 shards (every process takes part)
     if trainer.accelerator.is_main_process:
         checkpoints.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, cfg.policy_dir, info,
-                                source=policy)
+                                source=policy, state_dict=state)
         if cfg.publish:
             link = checkpoints.publish_latest(cfg.policy_dir, cfg.checkpoints)
             log(f"published {cfg.policy_dir} as {link}")
+    trainer.accelerator.wait_for_everyone()
     log(f"GRPO done: {trainer.state.global_step} steps in {time.perf_counter() - t0:.0f} s; log {run_dir / 'log.csv'}")
     return cfg.policy_dir
 

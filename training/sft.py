@@ -165,7 +165,7 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from crosearch_agent.policy import resolve_policy
     from training.checkpoints import save_policy
@@ -188,20 +188,60 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
         logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed, max_length=cfg.sft_max_length,
         gradient_checkpointing=cfg.gradient_checkpointing, dataset_num_proc=None,
         **trainer_device_args(cfg))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = make_sft_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                       processing_class=tokenizer)
     result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     info = {"kind": "warmup", "run": cfg.name, "base_policy": base, "steps": cfg.sft_steps, "data": stats,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "train_seconds": result.metrics.get("train_runtime"), "device": device_kind(cfg),
             "agent": agent_options(cfg)}
-    save_policy(trainer.model, tokenizer, cfg.warmup_dir, info, source=base)
+    state = trainer.accelerator.get_state_dict(trainer.model)  # gathers ZeRO-3 shards (every process takes part)
+    if trainer.accelerator.is_main_process:
+        save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, cfg.warmup_dir, info, source=base,
+                    state_dict=state)
+    trainer.accelerator.wait_for_everyone()  # GRPO, on every process, starts from this folder
     log(f"warm-up done in {time.perf_counter() - t0:.0f} s (loss {info['loss_first']} -> {info['loss_last']}); "
         f"saved {cfg.warmup_dir}")
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
     return cfg.warmup_dir
+
+
+def make_sft_trainer_class():
+    """SFTTrainer whose loss projects only the labelled positions through the LM head.
+
+    Nine tenths of a warm-up sequence is prompt and retrieved text (label -100); TRL's fused
+    LM head (as GRPO uses it) skips those instead of computing logits over the whole
+    vocabulary for them. The loss is the sum over labelled tokens divided by their number
+    in the whole accumulated batch, as transformers does it.
+    """
+    from trl import SFTTrainer
+    from trl.trainer import add_fused_lm_head
+
+    from training.config import score_labelled_positions_only
+
+    score_labelled_positions_only()
+
+    class Trainer(SFTTrainer):
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            add_fused_lm_head(self.accelerator.unwrap_model(self.model))
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                        labels=inputs["labels"], fused_lm_head=True, num_items_in_batch=num_items_in_batch)
+            loss = out.loss
+            if num_items_in_batch is None:
+                loss = loss / self.current_gradient_accumulation_steps
+            elif self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every device's tokens
+            return (loss, out) if return_outputs else loss
+
+    return Trainer
 
 
 def agent_options(cfg: TrainConfig) -> dict:
