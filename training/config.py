@@ -36,6 +36,7 @@ class TrainConfig:
     tydiqa_share: float = 0.0                    # share of TyDi GoldP train questions among the examples
     languages: list[str] = field(default_factory=lambda: list(XQUAD_LANGS))
     embedder: str = "bundled:multilingual-e5-small"
+    retriever_url: str | None = None             # a running retrieval service instead of local indexes
     k: int = 3
     max_turns: int = 2
     max_new_tokens: int = 64
@@ -178,7 +179,8 @@ def agent_settings(cfg: TrainConfig, collection: str | None = None):
     return Settings(**{**dict(collection=collection or cfg.collection, embedder=cfg.embedder, k=cfg.k,
                                 max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, few_shot=cfg.few_shot,
                                 force_first_search=cfg.force_first_search, temperature=cfg.temperature,
-                                seed=cfg.seed), **cfg.agent_options})
+                                seed=cfg.seed), **({"retriever_url": cfg.retriever_url} if cfg.retriever_url else {}),
+                       **cfg.agent_options})
 
 
 def device_kind(cfg: TrainConfig) -> str:

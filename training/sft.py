@@ -266,11 +266,11 @@ def make_agent_factory(cfg: TrainConfig):
 
     def agent_for(collection: str):
         if collection not in agents:
-            if not embedder:
-                embedder.append(Embedder(cfg.embedder))
             settings = agent_settings(cfg, collection)
+            if not embedder and not getattr(settings, "retriever_url", None):
+                embedder.append(Embedder(cfg.embedder))
             try:
-                retriever = load_retriever(settings, embedder[0])
+                retriever = load_retriever(settings, embedder[0] if embedder else None)
             except StoreError as err:
                 raise SystemExit(f"error: {err}\n(build it with: python -m indexes.build --collection {collection})")
             agents[collection] = Agent(None, TrainOnlyRetriever(retriever), settings)
