@@ -369,7 +369,7 @@ def build_ui(engine: Engine, examples: list[tuple[str, str]] | None = None):
         with gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(label="Chat", elem_id="cs-chat", height=620, latex_delimiters=[], allow_tags=False,
-                                  group_consecutive_messages=False, feedback_options=None, buttons=["copy"])
+                                  feedback_options=None, buttons=["copy"])
                 with gr.Row():
                     box = gr.Textbox(placeholder="Ask a question in any language…", show_label=False, scale=5,
                                      elem_id="cs-input", max_lines=6)
@@ -456,6 +456,7 @@ def build_ui(engine: Engine, examples: list[tuple[str, str]] | None = None):
         collection.change(on_collection, [collection], [languages], concurrency_limit=None, api_visibility="private")
         reload.click(on_reload, [backend, policy, base_url], [status, policy], concurrency_limit=1, api_visibility="private")
         timer.tick(tick, None, [status, timer], concurrency_limit=None, api_visibility="private")
+        demo.load(tick, None, [status, timer], concurrency_limit=None, api_visibility="private")
 
         def ask_endpoint(question: str, languages: str = "") -> dict:
             """Ask CroSearch one question. `languages`: optional comma-separated codes to search

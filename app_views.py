@@ -21,7 +21,8 @@ from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageS
 from crosearch_agent.languages import CHARACTER_LANGS, name as lang_name
 
 EXCERPT_CHARS = 220          # passage text shown per item inside a chat panel
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}()#+\-!|~$>])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~$>])")
+_MD_LINE_START = re.compile(r"^(\s*)([-+]|\d+\.)(?=\s)", re.MULTILINE)  # would start a list
 
 
 # ---------------------------------------------------------------- escaping
@@ -34,7 +35,8 @@ def md_text(text: str) -> str:
     """Untrusted text for a Markdown chat message: tags neutralised, markup characters escaped."""
     text = prompts.escape_document(str(text))
     text = text.replace("&", "&amp;").replace("<", "&lt;")
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_LINE_START.sub(lambda m: m.group(1) + ("\\" + m.group(2) if m.group(2) in "-+" else m.group(2)[:-1] + "\\."), text)
 
 
 def html_text(text: str) -> str:
@@ -235,6 +237,15 @@ def _query_terms(query: str) -> list[str]:
     return list(dict.fromkeys(terms))
 
 
+def _term_re(term: str) -> str:
+    """A term as a regex that matches whole words only ("Bowl" not in "Bowler", "50" not
+    in "1950"), except in scripts written without spaces."""
+    body = re.escape(term)
+    if _has_cjk(term):
+        return body
+    return (r"(?<!\w)" if term[:1].isalnum() else "") + body + (r"(?!\w)" if term[-1:].isalnum() else "")
+
+
 def highlight(text: str, answer: str | None = None, query: str = "") -> str:
     """HTML of `text` (escaped) with the answer marked `<mark class="ans">` and, elsewhere,
     the query's words marked `<mark class="q">` (case-insensitive)."""
@@ -242,7 +253,7 @@ def highlight(text: str, answer: str | None = None, query: str = "") -> str:
     for terms, cls in (([answer.strip()] if answer and answer.strip() else [], "ans"), (_query_terms(query), "q")):
         if not terms:
             continue
-        pattern = re.compile("|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)), re.IGNORECASE)
+        pattern = re.compile("|".join(_term_re(t) for t in sorted(terms, key=len, reverse=True)), re.IGNORECASE)
         for m in pattern.finditer(text):
             if m.end() > m.start() and not any(label[m.start():m.end()]):
                 label[m.start():m.end()] = [cls] * (m.end() - m.start())
@@ -280,9 +291,13 @@ def evidence_html(record: dict | None) -> str:
         shown[ids] = search["turn"]
         cards = [evidence_card(item, answer, search["query"]) for item in ev["items"]]
         parts.append(head + ("".join(cards) or '<p class="cs-same">No passages found.</p>'))
+    lang = record.get("lang") or ""
+    head = (f'<div class="cs-head" data-turn-lang="{html_text(lang)}">Evidence for “{html_text(one_line(record["question"], 200))}”'
+            + (f" ({html_text(lang_label(lang))})" if lang else "")
+            + (f' — answer: <b>{html_text(answer)}</b>' if answer else "") + "</div>")
     if not parts:
-        return f'<div class="cs-empty">No evidence for this question. {html_text(record.get("error") or "")}</div>'
-    return '<div class="cs-evidence">' + "".join(parts) + "</div>"
+        return head + f'<div class="cs-empty">No evidence for this question. {html_text(record.get("error") or "")}</div>'
+    return head + '<div class="cs-evidence">' + "".join(parts) + "</div>"
 
 
 def evidence_card(item: dict, answer: str | None, query: str) -> str:
