@@ -47,7 +47,8 @@ class ServedPolicy:
     """
     backend = "none"
 
-    def __init__(self, max_batch: int = 8):
+    def __init__(self, max_batch: int = 8, log=None):
+        self.log = log or (lambda msg: None)
         self.inner = None
         self.problem = "the policy is still loading"
         self.max_batch = max_batch
@@ -81,7 +82,10 @@ class ServedPolicy:
         try:
             if self.inner is None:
                 raise PolicyError(f"no policy is loaded ({self.problem}); fix the backend settings and press 'Reload policy'")
+            t = time.perf_counter()
             gens = self.inner.generate([p for prompts, _, _ in batch for p in prompts], sampling)
+            if len(batch) > 1:
+                self.log(f"[crosearch] {len(batch)} questions batched into one policy call ({time.perf_counter() - t:.1f} s)")
         except BaseException as err:  # every waiting request hears about it
             for *_, fut in batch:
                 fut.set_exception(err)
@@ -128,7 +132,7 @@ class Engine:
         self.ready = threading.Event()
         self.embedder = None
         self.retrievers: dict[str, object] = {}
-        self.policy = ServedPolicy()
+        self.policy = ServedPolicy(log=self.log)
         self._load_lock = threading.Lock()
         self.jobs: queue.Queue = queue.Queue()
 
@@ -183,6 +187,9 @@ class Engine:
                 build.build(s.collection, s.languages, s.embedder, s.index_type, s.data_dir, log=self.log)
                 self._stage(f"loading the index '{s.collection}'")
                 self.retriever(s.collection)
+            # Load the language identifiers now rather than during the first question.
+            detect("warm-up", tuple(NAMES))
+            detect("warm-up", tuple(self.retriever(s.collection).languages), s.detector)
         except Exception as err:  # the page stays up and says what went wrong
             self.error = f"{type(err).__name__}: {err}" if not isinstance(err, (StoreError, ValueError, OSError)) else str(err)
             self.log(f"[crosearch] could not prepare the index: {self.error}")

@@ -1,0 +1,192 @@
+"""The real app, end to end: `python app.py` in a subprocess (transformers backend, the
+xquad-partial index), driven in headless Chromium through Playwright, and through its
+headless API with `gradio_client`.
+
+Chromium is Debian's (`/usr/bin/chromium`, no browser download); without the background
+networking flags it hangs on a closed network. Screenshots and timings go to the data home
+(`.crosearch/artifacts/`, git-ignored).
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from crosearch_agent.config import REPO_ROOT, data_home
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Short turns keep a question to seconds on 2 CPU cores; the protocol is the same.
+APP_FLAGS = ["--backend", "transformers", "--few-shot", "1", "--max-new-tokens", "32", "--max-turns", "2"]
+READY_S, ANSWER_S = 300, 300
+RAW_TAGS = re.compile(r"</?\s*(think|search|answer|information)\s*>", re.IGNORECASE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dev_questions(langs, n=1):
+    """Parallel XQuAD dev questions (never test): the same questions in each language."""
+    from crosearch_agent.qa_data import xquad_questions
+
+    by_lang = {lang: {q.id: q for q in xquad_questions([lang], "dev")} for lang in langs}
+    ids = [i for i in by_lang[langs[0]] if all(i in by_lang[l] for l in langs)]
+    return {lang: [by_lang[lang][i].question for i in ids[:n]] for lang in langs}
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    path = data_home() / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(shared_data, artifacts):
+    """The app on a random free port, started after the index is built, ready to answer."""
+    from indexes import build
+
+    build.build("xquad-partial", log=lambda *_: None)  # skipped when up to date
+    port = free_port()
+    log_path = artifacts / "app_test.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *APP_FLAGS], cwd=REPO_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + READY_S
+        while "[crosearch] ready in" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the app did not get ready (exit code {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium")
+    if not executable:
+        pytest.skip("no chromium on PATH (make browser installs Debian's); the browser tests need it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1500, "height": 1200})
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#cs-input textarea", timeout=60_000)
+    yield page
+    page.close()
+
+
+def ask(page, question: str, turn: int) -> dict:
+    """Type a question, press Ask, wait until its evidence view is up; seconds to the first
+    step panel and to the answer."""
+    panels = page.locator("#cs-chat .thought-group").count()
+    page.fill("#cs-input textarea", question)
+    t0 = time.monotonic()
+    page.click("#cs-send")
+    page.wait_for_function(f"document.querySelectorAll('#cs-chat .thought-group').length > {panels}", timeout=60_000)
+    first = time.monotonic() - t0
+    page.wait_for_function(
+        f"(document.querySelector('#cs-turn input') || {{}}).value?.startsWith('{turn}.')", timeout=ANSWER_S * 1000)
+    return {"question": question, "first_step_s": round(first, 2), "answer_s": round(time.monotonic() - t0, 2)}
+
+
+def panel_titles(page) -> list[str]:
+    return [t.strip() for t in page.locator("#cs-chat .thought-group .title").all_inner_texts()]
+
+
+def test_german_and_chinese_questions_stream_steps_and_show_evidence_from_several_languages(page, artifacts):
+    questions = dev_questions(["de", "zh"])
+    timings = [ask(page, questions["de"][0], 1), ask(page, questions["zh"][0], 2)]
+
+    titles = panel_titles(page)
+    for needed in ("Language: German (de)", "Language: Chinese (zh)", "Search 1 (local", "Search 2 (global"):
+        assert any(t.startswith(needed) for t in titles), (needed, titles)
+    evidence_titles = [t for t in titles if t.startswith("Evidence from search")]
+    langs_in_panels = {code for t in evidence_titles for group in re.findall(r"items \(([a-z, ]+)\)", t)
+                       for code in group.split(", ")}
+    assert len(langs_in_panels) > 1, evidence_titles
+    # Open the last (global) evidence panel: its passages name more than one language.
+    page.locator("#cs-chat .thought-group .title", has_text="Evidence from search 2").last.click()
+    page.wait_for_timeout(500)
+    chat = page.inner_text("#cs-chat")
+    assert len(set(re.findall(r"\[(\w+ \([a-z]{2}\))", chat))) > 1
+    assert not RAW_TAGS.search(chat)
+
+    # The evidence view shows the latest turn (the Chinese one) with cards in several languages.
+    assert page.locator('#cs-evidence .cs-head[data-turn-lang="zh"]').count() == 1
+    card_langs = set(page.eval_on_selector_all("#cs-evidence .cs-card", "cards => cards.map(c => c.dataset.lang)"))
+    assert len(card_langs) > 1, card_langs
+    assert "passages" in page.inner_text("#cs-summary") and "Per language" in page.inner_text("#cs-summary")
+    assert not RAW_TAGS.search(page.inner_html("#cs-evidence"))
+
+    # Choosing the first turn shows the German question's evidence.
+    page.click("#cs-turn input")
+    page.locator("[role='option']", has_text="[de]").first.click()
+    page.wait_for_selector('#cs-evidence .cs-head[data-turn-lang="de"]', timeout=30_000)
+
+    page.screenshot(path=str(artifacts / "app_de_zh.png"), full_page=True)
+    (artifacts / "app_timings.json").write_text(json.dumps(timings, ensure_ascii=False, indent=1))
+    print("timings:", timings)
+
+
+def test_bad_input_gets_a_clear_message_in_the_chat_and_the_app_keeps_serving(page):
+    for text, message in [("", "Please type a question."),
+                          ("a" * 10_000, "The question is 10,000 characters long; please keep it under 2,000.")]:
+        page.fill("#cs-input textarea", text)
+        page.click("#cs-send")
+        page.wait_for_function(f"document.querySelector('#cs-chat').innerText.includes({json.dumps(message)})",
+                               timeout=60_000)
+    chat = page.inner_text("#cs-chat")
+    assert "Traceback" not in chat and "a" * 1000 not in chat  # the long input is shown cut short
+    # ... and a real question still gets its steps and answer (the evidence view shows it).
+    ask(page, "Wie oft hat Polonia den Pokal gewonnen?", 3)
+    assert page.locator('#cs-evidence .cs-head[data-turn-lang="de"]').count() == 1
+
+
+def test_four_concurrent_api_questions_get_four_answers(app_url, artifacts):
+    from gradio_client import Client
+
+    langs = ["de", "zh", "es", "ru"]
+    questions = dev_questions(langs, n=2)
+    asked = [(lang, questions[lang][i % 2]) for i, lang in enumerate(langs)]  # four different questions
+    client = Client(app_url, verbose=False)
+    t0 = time.monotonic()
+    jobs = [client.submit(q, api_name="/ask") for _, q in asked]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=ANSWER_S * 2), jobs))
+    elapsed = time.monotonic() - t0
+    assert len(results) == 4
+    for (lang, question), r in zip(asked, results):
+        assert r["question"] == question and r["error"] is None, r.get("error")
+        assert isinstance(r["answer"], str) and r["lang"] == lang
+        assert any(s["kind"] == "evidence" and s["items"] for s in r["steps"])
+        assert r["steps"][-1]["kind"] == "answer"
+    batched = [l for l in (artifacts / "app_test.log").read_text().splitlines() if "batched" in l]
+    print(f"4 concurrent questions answered in {elapsed:.1f} s; {batched}")
