@@ -453,6 +453,7 @@ def build_ui(engine: Engine, examples: list[tuple[str, str]] | None = None):
             yield "**Reloading the policy…**", gr.skip()
             name = None if policy_ in (None, "", DEFAULT_POLICY) else policy_
             message = engine.submit(engine.load_policy, backend_, name, url_ or None).result()
+            engine.log(f"[crosearch] reload: {message}")
             yield f"{engine.status()}  \nReload: {views.md_text(message)}", gr.Dropdown(choices=policy_choices())
 
         inputs = [box, chat, records, collection, languages, k, max_turns, temperature]

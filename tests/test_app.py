@@ -5,6 +5,7 @@ missing index and a language without an index each give a clear message while th
 answering."""
 import json
 import threading
+import time
 
 import pytest
 
@@ -188,6 +189,37 @@ def test_bad_input_is_answered_at_once_even_while_the_models_are_still_loading(q
     record = app.ask(engine, question)
     assert record["answer"] is None and message in record["error"]
     assert [s["kind"] for s in record["steps"]] == ["error"]
+
+
+def test_a_question_during_preparation_waits_with_the_stage_shown_then_hears_why_it_failed():
+    engine = app.Engine(Settings(), log=lambda *_: None)
+    engine.stage = "building the index 'xquad-partial'"
+
+    def fail_later():
+        time.sleep(1.2)
+        engine.error = "no XQuAD files"
+        engine.ready.set()
+
+    threading.Thread(target=fail_later).start()
+    events = list(app.run_question(engine, "Wer gewann?", app.Options()))
+    assert events[0] == ("wait", "building the index 'xquad-partial'", "")
+    kind, step, _ = events[-1]
+    assert kind == "step" and isinstance(step, ErrorStep) and "could not prepare its index: no XQuAD files" in step.message
+    assert "Preparing the models and indexes" in app.Engine(Settings(), log=lambda *_: None).status()
+
+
+def test_loading_jobs_run_on_the_thread_that_works_them():
+    engine = app.Engine(Settings(), log=lambda *_: None)
+    stop = threading.Event()
+    worker = threading.Thread(target=engine.work, args=(stop,))
+    worker.start()
+    try:
+        assert engine.submit(threading.current_thread).result(10) is worker
+        with pytest.raises(ZeroDivisionError):
+            engine.submit(lambda: 1 / 0).result(10)
+    finally:
+        stop.set()
+        worker.join(10)
 
 
 def test_command_line_defaults_and_shared_settings_flags():

@@ -170,6 +170,14 @@ def test_bad_input_gets_a_clear_message_in_the_chat_and_the_app_keeps_serving(pa
     assert page.locator('#cs-evidence .cs-head[data-turn-lang="de"]').count() == 1
 
 
+def test_reload_policy_button_reloads_it_without_a_restart(page):
+    page.get_by_text("Settings").click()
+    page.get_by_role("button", name="Reload policy").click()
+    page.wait_for_function("document.querySelector('#cs-status').innerText.includes('Reload: policy:')",
+                           timeout=180_000)
+    assert "(transformers)" in page.inner_text("#cs-status")
+
+
 def test_four_concurrent_api_questions_get_four_answers(app_url, artifacts):
     from gradio_client import Client
 
