@@ -3,6 +3,7 @@ the cpu-smoke run end to end: warm-up, GRPO interrupted and resumed, the policy 
 then the agent answering with it through the vLLM engine."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,11 +133,19 @@ def _wait_for(path: Path, proc, timeout: float) -> bool:
 def test_cpu_smoke_runs_end_to_end_resumes_and_the_published_policy_answers_through_vllm(tmp_path, shared_data):
     from crosearch_agent.config import Settings
     from crosearch_agent.eval import ensure_index
-    from crosearch_agent.policy import vllm_available
 
     ensure_index(Settings())  # the real data home's xquad-partial index (built once)
     home = tmp_path / "home"  # a temporary home, so a user's real `latest` is never touched
     home.mkdir()
+    try:
+        _smoke_run(home, tmp_path)
+    finally:  # resumable checkpoints hold optimizer state (GBs): do not leave them in /tmp
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _smoke_run(home: Path, tmp_path: Path) -> None:
+    from crosearch_agent.policy import vllm_available
+
     (home / "indexes").symlink_to(data_home() / "indexes", target_is_directory=True)
     env = {**os.environ, "CROSEARCH_HOME": str(home), "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "training.grpo", "--config", "cpu-smoke"]
@@ -179,7 +188,7 @@ def test_cpu_smoke_runs_end_to_end_resumes_and_the_published_policy_answers_thro
 
     # 3. The agent answers with the published checkpoint (the default policy) through vLLM.
     if not vllm_available():
-        pytest.skip("vLLM is not installed; the checkpoint was published")
+        pytest.skip("vLLM is not installed; the checkpoint was published")  # the finally above still cleans up
     ask = subprocess.run([sys.executable, "-m", "crosearch_agent.ask", QUESTION, "--backend", "vllm",
                           "--max-new-tokens", "32", "--few-shot", "0"], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
