@@ -253,13 +253,14 @@ def force_search_turn(question: str) -> str:
 
 
 def final_answer_nudge(answer_lang: str, has_evidence: bool = True) -> str:
-    """Appended to the history when the policy must answer (turn limit, single-turn baselines).
+    """Opens the answer turn when the policy must answer (turn limit, single-turn baselines).
 
-    No instructions in prose: a base model copies them. Instead the answer turn is opened the
-    way the worked examples open theirs (`<think>Doc N says: ...`), or, with no evidence at
-    all, `<answer>` itself, so the next thing written is the answer. `answer_lang` is kept in
-    the signature because the system instructions already name the language."""
-    return f"{THINK_OPEN}Doc" if has_evidence else ANSWER_OPEN
+    No instructions in prose: a base model copies them (measured: the bundled 270M model wrote
+    "No more searches are possible." as its answer). After evidence the turn opens with
+    `<think>`, as the worked examples' answer turns do, and the agent reads the answer from
+    it whatever the policy writes next; with no evidence at all it opens at `<answer>`.
+    `answer_lang` is kept in the signature: the system instructions already name it."""
+    return THINK_OPEN if has_evidence else ANSWER_OPEN
 
 
 def _question_text(question: str) -> str:
@@ -286,8 +287,9 @@ def build_prompt(question: str, answer_lang: str, history: str = "", few_shot: i
 
 
 def _ends_open(history: str) -> bool:
+    """Does the history end inside a tag it opened (e.g. a prefilled `<think>Doc`)?"""
     tags = list(TAG_RE.finditer(history))
-    return bool(tags) and tags[-1].end() == len(history.rstrip()) and tags[-1].group(1) != "/"
+    return bool(tags) and tags[-1].group(1) != "/"
 
 
 # ---------------------------------------------------------------- few-shot examples

@@ -241,9 +241,18 @@ def test_forced_first_search_is_the_question_itself_and_escaped():
 
 def test_final_answer_nudge_opens_the_answer_turn_without_prose_to_copy():
     # With evidence, the turn opens as the worked examples' answer turns do; without, at <answer>.
-    assert final_answer_nudge("zh") == "<think>Doc"
+    assert final_answer_nudge("zh") == "<think>"
     assert final_answer_nudge("zh", has_evidence=False) == "<answer>"
-    assert parse_turn(final_answer_nudge("zh") + " 1 says: 2003.</think>\n<answer>2003 年</answer>").answer == "2003 年"
+    assert parse_turn(final_answer_nudge("zh") + "Doc 1 says: 2003.</think>\n<answer>2003 年</answer>").answer == "2003 年"
+
+
+def test_a_prompt_whose_history_ends_inside_an_opened_tag_is_continued_not_reopened():
+    prompt = build_prompt("Q?", "en", "<think>I searched.</think>\n<answer>", few_shot=False)
+    assert prompt.endswith("<answer>")
+    prompt = build_prompt("Q?", "en", "<think>Doc", few_shot=False)
+    assert prompt.endswith("<think>Doc")
+    prompt = build_prompt("Q?", "en", "<think>x</think>\n<search>q</search>\n<information>\nDoc 1\n</information>", few_shot=False)
+    assert prompt.endswith("</information>\n<think>")
 
 
 # ---------------------------------------------------------------- few-shot examples
