@@ -64,7 +64,10 @@ def step_message(step: Step, note: str = "") -> gr.ChatMessage:
             body += f"\n\n{md_text(step.reason)}"
         if note:
             body += f"\n\n{md_text(note)}"
-        return gr.ChatMessage(body, metadata={"title": f"Language: {lang_label(step.lang)}", **done})
+        meta = {"title": f"Language: {lang_label(step.lang)}", **done}
+        if note or step.fallback:  # worth reading: leave the panel open (a status of "done" closes it)
+            del meta["status"]
+        return gr.ChatMessage(body, metadata=meta)
     if isinstance(step, ThinkStep):
         return gr.ChatMessage(md_text(step.text) or "…", metadata={"title": f"Thinking (turn {step.turn})", **done})
     if isinstance(step, SearchStep):

@@ -69,6 +69,7 @@ def test_language_panel_explains_a_fallback_and_the_apps_note():
                                           reason="too short to identify reliably"),
                              note="The question looks French (fr), which has no index here")
     assert "too short to identify reliably" in msg.content and "French (fr)" in msg.content
+    assert "status" not in msg.metadata  # shown open, not folded away
 
 
 # ---------------------------------------------------------------- nothing renders as a raw tag
