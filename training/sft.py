@@ -90,7 +90,8 @@ class TeacherTurns(TurnRecorder):
         items = evidence[-1].items if evidence else []
         hit = find_gold(items, lang, example.golds_by_lang)
         opening = _opening(prompt)
-        can_search = opening == prompts.THINK_OPEN and trajectory.searches < trajectory.agent.settings.max_turns
+        can_search = (opening == prompts.THINK_OPEN and not getattr(trajectory, "must_answer", False)
+                      and trajectory.searches < trajectory.agent.settings.max_turns)
         variant = example.variant(lang)
         key = (trajectory.question, trajectory.lang)
         if hit is None and can_search:
