@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# The browser tests drive Debian's chromium with Playwright (no browser download).
-# Installs it when missing and this user may use apt; otherwise says how.
+# The browser tests drive Debian's chromium with Playwright (no browser download); CJK fonts
+# so that Chinese/Japanese screenshots show text, not empty boxes. Installs what is missing
+# when this user may use apt; otherwise says how.
 set -euo pipefail
-if command -v chromium >/dev/null 2>&1; then
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || missing+=(fonts-noto-cjk)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    sudo=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo)
+else
+    echo "install_chromium: missing ${missing[*]} and cannot install here;" \
+         "install them with: apt-get install ${missing[*]}" >&2
     exit 0
 fi
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "install_chromium: installing Debian's chromium for the browser tests"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo apt-get update -qq >/dev/null
-    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-else
-    echo "install_chromium: chromium is missing and cannot be installed here;" \
-         "install Debian's chromium (apt-get install chromium) for the browser tests" >&2
-fi
+echo "install_chromium: installing ${missing[*]} for the browser tests"
+"${sudo[@]}" apt-get update -qq >/dev/null
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
