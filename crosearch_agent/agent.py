@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from crosearch_agent import prompts
-from crosearch_agent.languages import detect, name as lang_name
+from crosearch_agent.languages import NAMES as lang_names, detect, name as lang_name
 from crosearch_agent.policy import PolicyError, Sampling
 
 METHODS = ("closed_book", "mono_rag", "concat_rag", "crosearch")
@@ -147,6 +147,8 @@ class _Trajectory:
         det = detect(q, languages, self.agent.settings.detector)
         if self.lang and self.lang in languages:  # the caller knows better (evaluation)
             det = type(det)(self.lang, 1.0)
+        else:
+            det = _unindexed(q, det, languages, self.agent.settings.detector)
         self.lang, self.search_all = det.lang, det.fallback
         self.emit(LanguageStep("language", duration_s=time.perf_counter() - t, lang=det.lang,
                                confidence=det.confidence, fallback=det.fallback, reason=det.reason))
@@ -170,7 +172,9 @@ class _Trajectory:
         self.turn += 1
         self.searches += 1
         all_langs = agent.retriever.languages
-        if agent.method == "concat_rag" or self.search_all or self.searches > 1:
+        if self.lang not in all_langs:  # a language with no index: every index at once
+            scope, langs = "global", list(all_langs)
+        elif agent.method == "concat_rag" or self.search_all or self.searches > 1:
             scope, langs = "global", [self.lang] + [l for l in all_langs if l != self.lang]
         else:
             scope, langs = "local", [self.lang]
@@ -224,6 +228,19 @@ class _Trajectory:
 
     def result(self) -> Result:
         return Result(self.question, self.lang, self.answer, self.steps, self.history, self.now())
+
+
+def _unindexed(question: str, det, indexed, method: str):
+    """When the question is, confidently, in a language that has no index (French against the
+    XQuAD indexes), say so, search every index, and still answer in the question's language."""
+    wide = detect(question, tuple(set(lang_names) | set(indexed)), method)
+    if wide.fallback or wide.lang in indexed or wide.confidence < UNINDEXED_CONFIDENCE:
+        return det
+    return type(det)(wide.lang, wide.confidence, True,
+                     f"there is no {lang_name(wide.lang)} index here; searching every language and answering in {lang_name(wide.lang)}")
+
+
+UNINDEXED_CONFIDENCE = 0.9
 
 
 def _plain(text: str) -> str:

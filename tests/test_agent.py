@@ -153,3 +153,32 @@ def test_batch_of_questions_in_lock_step(home, policy, retriever):
     results = agent.run_batch(questions)
     assert [r.lang for r in results[:3]] == ["en", "de", "zh"]
     assert all(r.answer is not None for r in results[:3]) and results[3].error
+
+
+@pytest.mark.parametrize("question, lang", [("Quelle est la capitale de la France et pourquoi?", "fr"),
+                                            ("日本の首都はどこですか", "ja"), ("Qual é a capital do Brasil?", "pt")])
+def test_a_question_in_a_language_without_an_index_is_said_and_answered_in_its_language(question, lang):
+    from crosearch_agent.agent import _unindexed
+    from crosearch_agent.languages import XQUAD_LANGS, detect
+
+    det = _unindexed(question, detect(question, XQUAD_LANGS), XQUAD_LANGS, "py3langid")
+    assert det.lang == lang and det.fallback and "no" in det.reason and "index" in det.reason
+
+
+def test_indexed_languages_are_left_alone():
+    from crosearch_agent.agent import _unindexed
+    from crosearch_agent.languages import XQUAD_LANGS, detect
+
+    for question in ("Wer gewann den Super Bowl 50?", "¿Quién ganó el Super Bowl 50?", "谁赢得了第50届超级碗？"):
+        det = detect(question, XQUAD_LANGS)
+        assert _unindexed(question, det, XQUAD_LANGS, "py3langid") == det
+
+
+@pytest.mark.slow
+def test_unindexed_language_searches_every_index_at_once(home, policy, retriever):
+    steps = list(Agent(policy, retriever, settings_for(home)).run("Qui a gagné le Super Bowl 50 cette année-là ?"))
+    language = steps[0]
+    assert language.lang == "fr" and language.fallback and "French" in language.reason
+    searches = [s for s in steps if isinstance(s, SearchStep)]
+    assert searches[0].scope == "global" and set(searches[0].languages) == {"de", "en", "zh"}
+    assert isinstance(steps[-1], AnswerStep) and steps[-1].lang == "fr"
