@@ -70,7 +70,8 @@ def grpo_args(cfg: TrainConfig):
         mask_truncated_completions=False, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=None, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
         gradient_checkpointing=cfg.gradient_checkpointing, lr_scheduler_type="constant_with_warmup",
-        warmup_steps=0, model_init_kwargs={"dtype": "float32" if on_cpu else cfg.model_dtype},
+        warmup_steps=0,
+        model_init_kwargs=None if cfg.freeze_embeddings else {"dtype": "float32" if on_cpu else cfg.model_dtype},
         log_completions=False, **extra, **trainer_device_args(cfg))
 
 
@@ -170,7 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     from training import checkpoints, data, rewards
     from training.logs import StepLogger
     from training.rollout import RolloutStats, make_rollout_func
-    from training.sft import agent_options, make_agent_factory
+    from training.sft import agent_options, load_trainable, make_agent_factory
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
@@ -208,7 +209,8 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     Trainer = make_trainer_class(device_kind(cfg) == "cpu")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*rollout_func.*")
-        trainer = Trainer(model=policy, reward_funcs=rewards.reward_funcs(cfg.answer_metric), args=grpo_args(cfg),
+        model = load_trainable(policy, cfg) if cfg.freeze_embeddings else policy
+        trainer = Trainer(model=model, reward_funcs=rewards.reward_funcs(cfg.answer_metric), args=grpo_args(cfg),
                           train_dataset=Dataset.from_dict({"prompt": [e.key for e in examples]}),
                           processing_class=tokenizer, rollout_func=rollout_func)
     trainer.keep_checkpoints = cfg.save_total_limit

@@ -163,9 +163,8 @@ def build_warmup_data(cfg: TrainConfig, tokenizer, agent_for, log=print) -> tupl
 
 def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     """Fine-tune the base policy on teacher trajectories; returns the warm-up folder."""
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTConfig
 
     from crosearch_agent.policy import resolve_policy
@@ -180,7 +179,7 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
         tokenizer.pad_token = tokenizer.eos_token
     agent_for = agent_for or make_agent_factory(cfg)
     rows, stats = build_warmup_data(cfg, tokenizer, agent_for, log)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = load_trainable(base, cfg)
     work = cfg.run_dir / "warmup-work"
     args = SFTConfig(
         output_dir=str(work), max_steps=cfg.sft_steps, per_device_train_batch_size=cfg.sft_batch_size,
@@ -208,6 +207,18 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
 
     shutil.rmtree(work, ignore_errors=True)
     return cfg.warmup_dir
+
+
+def load_trainable(path: str, cfg: TrainConfig):
+    """The policy to train, in float32 (bf16 autocast computes; small updates are not lost to
+    bf16 rounding), with its embedding frozen when the config says so."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too
+    return model
 
 
 def make_sft_trainer_class():
