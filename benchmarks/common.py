@@ -74,6 +74,23 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def sample_questions(n: int, split: str = "test") -> list[tuple[str, str]]:
+    """`n` (question, language) pairs from an XQuAD split, round-robin over the languages
+    (deterministic, so every run asks the same questions)."""
+    from crosearch_agent.qa_data import xquad_questions
+
+    by_lang: dict[str, list] = {}
+    for q in xquad_questions(split=split):
+        by_lang.setdefault(q.lang, []).append(q)
+    langs = sorted(by_lang)
+    out = []
+    for i in range(n):
+        pool = by_lang[langs[i % len(langs)]]
+        q = pool[(i // len(langs)) * 7 % len(pool)]
+        out.append((q.question, q.lang))
+    return out
+
+
 # ---------------------------------------------------------------- memory
 
 def rss_mb(pid: int | None = None) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.common import BenchResult, Table, fmt_ratio, ratio, stats, timed
+from benchmarks.common import BenchResult, Table, fmt_ratio, ratio, sample_questions, stats, timed
 
 
 def _passages(collection: str, n: int) -> list[str]:
@@ -27,22 +27,6 @@ def _passages(collection: str, n: int) -> list[str]:
         out += [ps[i] for ps in per_lang if i < len(ps)]
         i += 1
     return out[:n]
-
-
-def _questions(n: int) -> list[tuple[str, str]]:
-    """(question, language) pairs from the XQuAD test split, round-robin over languages."""
-    from crosearch_agent.qa_data import xquad_questions
-
-    qs = xquad_questions(split="test")
-    by_lang: dict[str, list] = {}
-    for q in qs:
-        by_lang.setdefault(q.lang, []).append(q)
-    out = []
-    for i in range(n):
-        lang = sorted(by_lang)[i % len(by_lang)]
-        q = by_lang[lang][(i // len(by_lang)) * 7 % len(by_lang[lang])]
-        out.append((q.question, q.lang))
-    return out
 
 
 def encoding(embedder, texts: list[str], batch_sizes, repeats: int, threads: int) -> dict:
@@ -125,7 +109,7 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     from crosearch_agent.store import collection_dir, load_collection
 
     ctx = ctx or {}
-    threads = ctx.get("threads", 2)
+    threads = ctx.get("threads", 1)
     torch.set_num_threads(threads)
     collection = "xquad-partial"
     n_passages = 96 if quick else 480
@@ -138,7 +122,7 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     load_s, embedder = timed(Embedder)
     texts = _passages(collection, n_passages)
     enc, engine = encoding(embedder, texts, batch_sizes, repeats, threads)
-    questions = _questions(n_queries)
+    questions = sample_questions(n_queries)
     qlat = query_latency(embedder, engine, [q for q, _ in questions])
     coll = load_collection(collection_dir(collection), embedder.id, verify=False)
     retriever = Retriever(coll, embedder)
