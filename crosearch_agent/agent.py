@@ -271,6 +271,10 @@ class Agent:
             turns = getattr(self.policy, "generate_turns", None)
             gens = turns(open_, prompts_, self._sampling()) if turns else self.policy.generate(prompts_, self._sampling())
         except PolicyError as err:
+            if len(open_) > 1:  # one bad prompt (e.g. too long) must not fail the whole batch
+                for tr in open_:
+                    self._step_batch([tr])
+                return
             for tr in open_:
                 tr.fail(f"The language model failed: {err}")
             return

@@ -136,7 +136,7 @@ class TransformersPolicy:
 class VLLMPolicy:
     backend = "vllm"
 
-    def __init__(self, model: str, dtype: str = "bfloat16", max_model_len: int = 4096, seed: int = 0,
+    def __init__(self, model: str, dtype: str = "bfloat16", max_model_len: int = 8192, seed: int = 0,
                  cpu_kv_cache_gb: float = 1.0, **engine_kw):
         try:
             import torch

@@ -182,3 +182,22 @@ def test_unindexed_language_searches_every_index_at_once(home, policy, retriever
     searches = [s for s in steps if isinstance(s, SearchStep)]
     assert searches[0].scope == "global" and set(searches[0].languages) == {"de", "en", "zh"}
     assert isinstance(steps[-1], AnswerStep) and steps[-1].lang == "fr"
+
+
+class _RefusesLongPrompts:
+    """A backend that, like vLLM, rejects a whole batch when one prompt is over its limit."""
+    name, backend = "refuses-long-prompts", "test"
+
+    def generate(self, prompts_, sampling):
+        from crosearch_agent.policy import Generation, PolicyError
+
+        if any("overlong" in p for p in prompts_):
+            raise PolicyError("prompt exceeds the context length")
+        return [Generation("42", "stop", prompts.STOP_ANSWER, 1) for _ in prompts_]
+
+
+def test_one_bad_prompt_fails_only_its_own_question_in_a_batch():
+    agent = Agent(_RefusesLongPrompts(), None, Settings(few_shot=0), "closed_book")
+    results = agent.run_batch(["What is six times seven?", "An overlong question?", "And seven times six?"], ["en"] * 3)
+    assert [r.answer for r in results] == ["42", None, "42"]
+    assert "context length" in results[1].error
