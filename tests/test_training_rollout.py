@@ -191,3 +191,39 @@ def test_a_real_rollout_of_the_bundled_policy_masks_retrieved_tokens(tokenizer, 
         assert env_text.count(prompts.INFORMATION_OPEN) == r.searches >= 1
         assert all(lp <= 0.0 for lp in s.logprobs) and any(lp < 0.0 for lp in s.logprobs)
         assert all(lp == 0.0 for lp, m in zip(s.logprobs, s.env_mask) if m == ENV)
+
+
+# ---------------------------------------------------------------- TRL's rollout_func
+
+def test_rollout_func_spreads_each_group_over_its_languages_with_their_own_gold(tokenizer):
+    """TRL hands the function each prompt repeated num_generations times in a row; a rollout's
+    place in its group picks its language, on every process."""
+    from types import SimpleNamespace
+
+    from training.config import load_config
+    from training.data import Example, Variant
+    from training.rollout import RolloutStats, make_rollout_func
+
+    golds = {"de": ("Denver Broncos",), "en": ("Denver Broncos",), "zh": ("丹佛野马队",)}
+    questions = {"de": "Wer gewann den Super Bowl 50?", "en": "Who won Super Bowl 50?", "zh": "谁赢得了第50届超级碗？"}
+    variants = {l: Variant(l, questions[l], golds[l]) for l in questions}
+    rows = {f"xquad/q/{l}": Example(f"xquad/q/{l}", "xquad/q", "xquad", "c", l, "T", 0, variants) for l in ("zh", "de")}
+    cfg = load_config(None, {"num_generations": 4, "group_languages": 2})
+    stats = RolloutStats()
+    rec = Scripted(tokenizer, ["x.</think>\n<answer>丹佛野马队</answer>"])
+    func = make_rollout_func(rows, cfg, lambda collection: _agent(), lambda trainer: rec, stats)
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(process_index=0))
+    out = func(["xquad/q/zh"] * 4 + ["xquad/q/de"] * 4, trainer)
+    assert out["lang"] == ["zh", "en", "zh", "en", "de", "en", "de", "en"]
+    assert [s.question for s in rec.streams] == [questions[l] for l in out["lang"]]
+    assert out["golds"] == [list(golds[l]) for l in out["lang"]]
+    assert out["answer"] == ["丹佛野马队"] * 8 and len(out["env_mask"]) == len(out["completion_ids"]) == 8
+    assert all(len(m) == len(c) for m, c in zip(out["env_mask"], out["completion_ids"]))
+    assert stats.take()["rollouts"] == 8
+    # The second of two processes holds the second half of a group: it continues the order.
+    second = func(["xquad/q/zh"] * 2, SimpleNamespace(accelerator=SimpleNamespace(process_index=1)))
+    assert second["lang"] == ["zh", "en"]
+    # The ablation: one language per group.
+    single = make_rollout_func(rows, load_config(None, {"num_generations": 4, "multilingual": False}),
+                               lambda collection: _agent(), lambda trainer: rec)
+    assert single(["xquad/q/de"] * 4, trainer)["lang"] == ["de"] * 4
