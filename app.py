@@ -263,13 +263,12 @@ def input_problem(question: str) -> str | None:
 
 
 def language_note(question: str, step: LanguageStep, indexed: list[str]) -> str:
-    """A remark when the question is clearly in a language without an index here."""
-    det = detect(question, tuple(NAMES))
-    if det.fallback or det.confidence < 0.9 or det.lang in indexed or det.lang == step.lang:
+    """A remark when the question is in a language without an index here (the agent detects
+    it, searches every index and answers in the question's language)."""
+    if step.lang in indexed:
         return ""
-    return (f"The question looks {NAMES[det.lang]} ({det.lang}), which has no index here "
-            f"(indexed: {', '.join(indexed)}). It is searched as {NAMES.get(step.lang, step.lang)}, "
-            "and the answer may come in that language.")
+    return (f"{step.reason or f'There is no {NAMES.get(step.lang, step.lang)} index here.'} "
+            f"(Indexed: {', '.join(indexed)}.)")
 
 
 def run_question(engine: Engine, question: str, opts: Options):
