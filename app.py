@@ -413,12 +413,15 @@ def build_ui(engine: Engine, examples: list[tuple[str, str]] | None = None):
             opts = Options(coll or None, list(langs_ or []) or None, int(k_), int(turns_), float(temp_))
             msgs, steps, note = [], [], ""
             pending_search = None
+            # Only the first update empties the box: later ones must not wipe what the user
+            # has started typing while this answer streams.
+            clear = iter([""])
             for kind, payload, extra in run_question(engine, message or "", opts):
                 if msgs and msgs[-1].metadata.get("status") == "pending" and msgs[-1] is not pending_search:
                     msgs.pop()  # the "working…" placeholder
                 if kind == "wait":
                     msgs.append(views.working_message(f"Preparing the models and indexes… ({payload})"))
-                    yield history + msgs, "", recs, gr.skip(), gr.skip(), gr.skip()
+                    yield history + msgs, next(clear, gr.skip()), recs, gr.skip(), gr.skip(), gr.skip()
                     continue
                 step = payload
                 steps.append(step)
@@ -431,11 +434,11 @@ def build_ui(engine: Engine, examples: list[tuple[str, str]] | None = None):
                     pending_search = msgs[-1]
                 elif step.kind not in ("answer", "error"):
                     msgs.append(views.working_message())
-                yield history + msgs, "", recs, gr.skip(), gr.skip(), gr.skip()
+                yield history + msgs, next(clear, gr.skip()), recs, gr.skip(), gr.skip(), gr.skip()
             record = views.turn_record(message or "", steps, note)
             recs = list(recs or []) + [record]
             choices = views.turn_choices(recs)
-            yield (history + msgs, "", recs, gr.Dropdown(choices=choices, value=len(recs) - 1),
+            yield (history + msgs, next(clear, gr.skip()), recs, gr.Dropdown(choices=choices, value=len(recs) - 1),
                    views.summary_markdown(record), views.evidence_html(record))
 
         def show_turn(recs, index):

@@ -11,6 +11,7 @@ same tokens on every backend (bf16 numerics may drift after a few dozen tokens).
 """
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import urllib.error
@@ -203,6 +204,9 @@ class OpenAIPolicy:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as err:
             raise PolicyError(f"model server {self.base_url} answered {err.code}: {err.read()[:300]!r}") from err
+        except (http.client.HTTPException, ConnectionResetError) as err:  # it went away while answering
+            raise PolicyError(f"model server {self.base_url} broke off its answer ({type(err).__name__}: {err}); "
+                              "has it stopped?") from err
         except (urllib.error.URLError, OSError, ValueError) as err:
             raise PolicyError(f"model server {self.base_url} is not reachable ({err}); is it running?") from err
 

@@ -7,19 +7,15 @@ networking flags it hangs on a closed network. Screenshots and timings go to the
 (`.crosearch/artifacts/`, git-ignored).
 """
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from crosearch_agent.config import REPO_ROOT, data_home
+from tests.app_server import artifacts_dir, dev_questions, running_app
 
 pytestmark = pytest.mark.slow
 
@@ -31,54 +27,16 @@ READY_S, ANSWER_S = 300, 300
 RAW_TAGS = re.compile(r"</?\s*(think|search|answer|information)\s*>", re.IGNORECASE)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dev_questions(langs, n=1):
-    """Parallel XQuAD dev questions (never test): the same questions in each language."""
-    from crosearch_agent.qa_data import xquad_questions
-
-    by_lang = {lang: {q.id: q for q in xquad_questions([lang], "dev")} for lang in langs}
-    ids = [i for i in by_lang[langs[0]] if all(i in by_lang[l] for l in langs)]
-    return {lang: [by_lang[lang][i].question for i in ids[:n]] for lang in langs}
-
-
 @pytest.fixture(scope="module")
 def artifacts() -> Path:
-    path = data_home() / "artifacts"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return artifacts_dir()
 
 
 @pytest.fixture(scope="module")
 def app_url(shared_data, artifacts):
     """The app on a random free port, started after the index is built, ready to answer."""
-    from indexes import build
-
-    build.build("xquad-partial", log=lambda *_: None)  # skipped when up to date
-    port = free_port()
-    log_path = artifacts / "app_test.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *APP_FLAGS], cwd=REPO_ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + READY_S
-        while "[crosearch] ready in" not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the app did not get ready (exit code {proc.poll()}):\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with running_app(APP_FLAGS, artifacts / "app_test.log", READY_S) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -365,6 +365,13 @@ def test_a_real_server_process_under_concurrent_load(retriever, questions, tmp_p
         assert isinstance(remote, RemoteRetriever) and remote.languages == retriever.languages
         assert f"running on http://127.0.0.1:{port}" in (tmp_path / "server.log").read_text()  # loopback by default
         assert load_retriever(Settings(retriever_url=url, languages=["de", "en"])).languages == ["de", "en"]
+        # The app, served from this service (its policy server is down too: this is about retrieval).
+        import app
+
+        engine = app.Engine(Settings(retriever_url=url, backend="openai", base_url="http://127.0.0.1:9/v1",
+                                     policy="gemma"), log=lambda *_: None)
+        engine.prepare()
+        assert engine.error is None and app.ask(engine, "Wie oft hat Polonia den Pokal gewonnen?")["summary"]["passages"]
 
         queries = [(q.question, q.lang) for lang in retriever.languages
                    for q in qa_data.xquad_questions([lang], "dev")[2:7]][:50]
@@ -423,3 +430,8 @@ def test_a_real_server_process_under_concurrent_load(retriever, questions, tmp_p
         log.close()
     with pytest.raises(RetrievalServiceError, match=f"retrieval service at {url} is unreachable"):
         remote.search("still there?")
+    # With the service gone the app answers each question with a clear message, and goes on serving.
+    for question in ("Wie oft hat Polonia den Pokal gewonnen?", "波兰人队赢得过多少次奖杯？"):
+        record = app.ask(engine, question)
+        assert record["error"].startswith("Search failed: the retrieval service at") and "unreachable" in record["error"]
+        assert "Traceback" not in record["error"] and record["summary"]["passages"] == 0
