@@ -20,6 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network here, a
 import argparse
 import dataclasses
 import queue
+import signal
 import sys
 import threading
 import time
@@ -153,6 +154,8 @@ class Engine:
                 fut.set_result(fn(*args))
             except BaseException as err:
                 fut.set_exception(err)
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    raise  # stopping the app, not a failed job
 
     def _stage(self, text: str) -> None:
         self.stage = text
@@ -492,6 +495,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def stop(signum, frame):
+    """SIGTERM stops the app as Ctrl-C does, so the policy is closed (vLLM's engine runs in
+    processes of its own that would otherwise outlive the app)."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     settings = Settings.from_args(args)
@@ -509,6 +518,7 @@ def main(argv=None) -> int:
         return 1
     print(f"CroSearch is up at http://{args.host}:{args.port} — preparing the models and indexes…", flush=True)
     engine.submit(engine.prepare)
+    signal.signal(signal.SIGTERM, stop)
     try:
         engine.work()
     except KeyboardInterrupt:

@@ -111,11 +111,14 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
 
     ctx = ctx if ctx is not None else {}
     torch.set_num_threads(ctx.get("threads", 1))
-    settings = Settings(collection="xquad-partial", max_new_tokens=32 if quick else 128)
+    # Quick: no worked examples in the prompt (about half the prompt tokens), short turns, and
+    # two searches (the forced local and global ones), so one policy call per question.
+    settings = Settings(collection="xquad-partial",
+                        **(dict(max_new_tokens=32, few_shot=0, max_turns=2) if quick else {}))
     n_single, n_users = (2, 8) if quick else (12, 8)
     per_user = 1 if quick else 2
     policy = ctx.get("vllm")
-    backend = "vllm (engine started by the generation benchmark)" if policy else "transformers bf16"
+    backend = "vllm (engine started by the generation benchmark)" if policy else "transformers"
     if policy is None:
         policy = TransformersPolicy(resolve_policy("bundled:gemma-3-270m"))
     clock = StageClock()

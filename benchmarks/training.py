@@ -5,7 +5,8 @@ with a temporary data home (the built indexes linked in, the bundled weights sha
 `CROSEARCH_MODELS`), so nothing it writes reaches the real data home, then reads the step
 times from its `log.csv`. Peak memory: the subprocess tree's resident memory sampled every
 0.2 s, and the kernel's maximum resident set of the largest process (`wait4`). A quick run
-skips the format warm-up (`--warmup false`: GRPO starts from the bundled base policy).
+skips the format warm-up (`--warmup false`: GRPO starts from the bundled base policy) and
+makes one GRPO step with 24-token turns.
 When training is missing or fails, the result says "not available" and why.
 """
 from __future__ import annotations
@@ -68,7 +69,7 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     config = REPO_ROOT / CONFIG
     if not (REPO_ROOT / "training" / "grpo.py").exists() or not config.exists():
         return not_available(name, f"{CONFIG} or training/grpo.py does not exist yet")
-    overrides = ["--warmup", "false"] if quick else []
+    overrides = ["--warmup", "false", "--steps", "1", "--max_new_tokens", "24"] if quick else []
     timeout = 600 if quick else 2400
     home = temporary_home()
     env = {**os.environ, "CROSEARCH_HOME": str(home), "CROSEARCH_MODELS": str(models_home()),

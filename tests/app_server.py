@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def running_app(flags: list[str], log_path: Path, ready_s: float = 300):
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *flags], cwd=REPO_ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + ready_s
         while "[crosearch] ready in" not in log_path.read_text(errors="replace"):
@@ -57,8 +58,11 @@ def running_app(flags: list[str], log_path: Path, ready_s: float = 300):
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/"
     finally:
-        proc.terminate()
+        proc.terminate()  # the app closes its policy (and vLLM's engine processes) on SIGTERM
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of its process group is still there
+        proc.wait()
