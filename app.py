@@ -104,6 +104,13 @@ class ServedPolicy:
         if old is not None and old is not new and hasattr(old, "close"):
             old.close()
 
+    def close(self) -> None:
+        """The app is stopping: close the backend now, even in the middle of a call (that
+        call's requests fail; waiting for it could take minutes)."""
+        inner, self.inner, self.problem = self.inner, None, "the app stopped"
+        if inner is not None and hasattr(inner, "close"):
+            inner.close()
+
 
 class LanguageView:
     """A retriever restricted to some of its languages (the "languages to search" setting)."""
@@ -525,7 +532,7 @@ def main(argv=None) -> int:
         print("stopping", flush=True)
     finally:
         demo.close()
-        engine.policy.swap(None, "the app stopped")
+        engine.policy.close()
     return 0
 
 
