@@ -88,6 +88,13 @@ class Result:
     steps: list[Step]
     trajectory: str = ""
     latency_s: float = 0.0
+    malformed_turns: int = 0  # policy turns that were not well formed
+
+    @property
+    def format_valid(self) -> bool:
+        """Every policy turn well formed, ending in an answer the policy closed itself."""
+        answer = next((s for s in self.steps if isinstance(s, AnswerStep)), None)
+        return answer is not None and not answer.forced and self.malformed_turns == 0 and self.error is None
 
     @property
     def searches(self) -> list[SearchStep]:
@@ -121,6 +128,7 @@ class _Trajectory:
         self.search_all = False
         self.scope = ""           # of the last search
         self.prefill = ""         # text the prompt ends with, for the policy to continue
+        self.malformed = 0
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -211,6 +219,7 @@ class _Trajectory:
             return self.finish(answer, forced=turn.answer is None or gen.finish_reason == "length")
         text = gen.text + (gen.stop or "")
         turn = prompts.parse_turn(text)
+        self.malformed += not turn.well_formed
         if turn.think:
             self.emit(ThinkStep("think", duration_s=gen_s, text=turn.think, turn=self.turn + 1))
         if turn.search and self.agent.method == "crosearch":
@@ -227,7 +236,7 @@ class _Trajectory:
         self.done = True
 
     def result(self) -> Result:
-        return Result(self.question, self.lang, self.answer, self.steps, self.history, self.now())
+        return Result(self.question, self.lang, self.answer, self.steps, self.history, self.now(), self.malformed)
 
 
 def _unindexed(question: str, det, indexed, method: str):

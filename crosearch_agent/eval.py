@@ -2,8 +2,8 @@
 
 `--task qa` runs the policy on every question of a split with each method
 (`closed_book`, `mono_rag`, `concat_rag`, `crosearch`) and scores the answers (EM, F1, fEM,
-c3R, EM-any, answer language, searches, latency, and whether the gold paragraph was among
-the evidence shown). Questions go through the backend in batches, turn by turn.
+c3R, EM-any, answer language, format validity, searches, latency, and whether the gold
+paragraph was among the evidence shown). Questions go through the backend in batches, turn by turn.
 
 `--task retrieval` asks, for every question of a split, whether the gold paragraph (in
 any language) is among the top k evidence items shown, for three methods:
@@ -139,7 +139,7 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
 # ---------------------------------------------------------------- QA
 
 QA_METHODS = ("closed_book", "mono_rag", "concat_rag", "crosearch")
-QA_KEYS = ("em", "f1", "fem", "c3r", "em_any", "lang", "searches", "latency_s", "recall")
+QA_KEYS = ("em", "f1", "fem", "c3r", "em_any", "lang", "valid", "searches", "latency_s", "recall")
 
 
 def qa_questions(dataset: str, split: str, langs, limit: int | None, data_dir=None) -> list:
@@ -177,7 +177,7 @@ def qa_row(method: str, q, result, local_docs: dict, golds_by_lang, latency_s: f
            "forced": any(getattr(s, "forced", False) for s in result.steps),
            "subset": "local" if q.doc_id in local_docs.get(q.lang, ()) else "cross",
            **score_answer(result.answer or "", q.answers, q.lang, golds_by_lang),
-           "searches": len(result.searches), "latency_s": latency_s,
+           "valid": float(result.format_valid), "searches": len(result.searches), "latency_s": latency_s,
            "recall": (float(q.doc_id in shown) if method != "closed_book" else None),
            "languages_shown": sorted({l for item in result.evidence for l in item.languages})}
     return row
@@ -329,7 +329,8 @@ def main(argv=None) -> int:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     table = markdown_table(results, keys, key)
     note = ("\nlatency_s is amortised: a batch's wall time divided by its questions. recall: the gold paragraph "
-            "(in any language) was among the evidence shown to the policy.\n" if args.task == "qa" else "")
+            "(in any language) was among the evidence shown to the policy. valid: every policy turn well formed, "
+            "ending in an answer the policy closed itself.\n" if args.task == "qa" else "")
     (out / "results.md").write_text(f"# {args.task}: {args.dataset} on {settings.collection}, {args.split}\n\n{table}{note}")
     png = out / f"{key.replace('@', '_at_')}.png"
     chart(results, key, png, f"{key}, {args.dataset} on {settings.collection} ({args.split})")

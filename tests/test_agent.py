@@ -201,3 +201,31 @@ def test_one_bad_prompt_fails_only_its_own_question_in_a_batch():
     results = agent.run_batch(["What is six times seven?", "An overlong question?", "And seven times six?"], ["en"] * 3)
     assert [r.answer for r in results] == ["42", None, "42"]
     assert "context length" in results[1].error
+
+
+class _Scripted:
+    """A backend that answers each call with the next scripted turn: (text, finish, stop)."""
+    name, backend = "scripted", "test"
+
+    def __init__(self, *turns):
+        self.turns = list(turns)
+
+    def generate(self, prompts_, sampling):
+        from crosearch_agent.policy import Generation
+
+        text, finish, stop = self.turns.pop(0)
+        return [Generation(text, finish, stop, 1) for _ in prompts_]
+
+
+def test_a_run_is_format_valid_only_when_every_turn_is_well_formed_and_the_policy_closes_its_answer():
+    def run(*turns, method="closed_book"):
+        agent = Agent(_Scripted(*turns), None, Settings(few_shot=0, force_first_search=False), method)
+        return agent.run_batch(["What is six times seven?"], ["en"])[0]
+
+    assert run(("42", "stop", prompts.STOP_ANSWER)).format_valid
+    assert not run(("42 and then some more words", "length", None)).format_valid  # cut at the token limit
+    rambling = run(("<think>Let me see.</think> Six sevens.", "stop", None), ("42", "stop", prompts.STOP_ANSWER),
+                   method="crosearch")
+    assert rambling.answer == "42" and rambling.malformed_turns == 1 and not rambling.format_valid
+    good = run(("<think>Easy.</think>\n<answer>42", "stop", prompts.STOP_ANSWER), method="crosearch")
+    assert good.answer == "42" and good.format_valid
