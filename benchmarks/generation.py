@@ -81,8 +81,8 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     # transformers also runs in the other dtype, to show why that default.
     dtype = fast_dtype("cpu")
     other_dtype = "float32" if dtype == "bfloat16" else "bfloat16"
-    short = {"bfloat16": "bf16", "float32": "float32"}
-    tf, tf_other = f"transformers {short[dtype]}", f"transformers {short[other_dtype]}"
+    label = {"bfloat16": "transformers bf16", "float32": "transformers float32"}
+    tf, tf_other = label[dtype], label[other_dtype]
     result = BenchResult("generation", config={"policy": "bundled:gemma-3-270m", "max_new_tokens": max_tokens,
                                                "batch_sizes": list(batches), "repeats": repeats, "greedy": True,
                                                "torch_threads": threads, "prompt": "agent first turn, few_shot=0",
@@ -120,14 +120,13 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     table = Table(f"Tokens/s, bundled Gemma 3 270M in {dtype}, {max_tokens} new tokens, CPU ({threads} torch thread(s))",
                   ["batch", "transformers", "vLLM", "vLLM / transformers", "tokens/seq (tf, vLLM)"])
     dtable = Table("transformers on CPU: bfloat16 vs float32 (tokens/s)", ["batch", "bf16", "float32", "bf16 / float32"])
-    by_dtype = {dtype: tf, other_dtype: tf_other}
     for b, r in by_batch.items():
         t, v = r[tf], r.get("vLLM", {})
         r["vllm_speedup"] = ratio(v.get("tokens_per_s"), t["tokens_per_s"])
         table.rows.append([b, t["tokens_per_s"], v.get("tokens_per_s"), fmt_ratio(r["vllm_speedup"]),
                            f"{t['tokens_per_sequence']:.0f}, {v['tokens_per_sequence']:.0f}" if v else "-"])
         if tf_other in r:
-            b16, f32 = r[by_dtype["bfloat16"]]["tokens_per_s"], r[by_dtype["float32"]]["tokens_per_s"]
+            b16, f32 = r[label["bfloat16"]]["tokens_per_s"], r[label["float32"]]["tokens_per_s"]
             r["bf16_vs_fp32"] = ratio(b16, f32)
             dtable.rows.append([b, b16, f32, fmt_ratio(r["bf16_vs_fp32"])])
     table.rows.append(["GPU", "not measured", "not measured", "-", "-"])

@@ -11,6 +11,7 @@ same tokens on every backend (bf16 numerics may drift after a few dozen tokens).
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import threading
@@ -85,6 +86,7 @@ def _cut_at_stop(text: str, stops) -> tuple[str, str | None]:
 
 # ---------------------------------------------------------------- transformers
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without it PyTorch
     emulates bf16: on the AVX2 machines here a bf16 matmul measured ~100x slower than float32."""
