@@ -148,6 +148,18 @@ def test_the_teacher_answers_from_evidence_or_searches_globally(tokenizer, share
     assert len(row["labels"]) == len(row["input_ids"])
 
 
+def test_the_warm_up_drops_trajectories_whose_turns_outgrow_the_serving_budget(tokenizer):
+    from training.sft import answer_turn, policy_turn_lengths
+
+    # A cross-lingual teacher turn fits 48 tokens (the old wording, 51 tokens, never closed).
+    turn = answer_turn(2, "de", "Denver Broncos", "th", "เดนเวอร์ บรองโกส์")
+    assert len(tokenizer(turn, add_special_tokens=False)["input_ids"]) <= 48
+    assert policy_turn_lengths([ENV, POLICY, POLICY, ENV, ENV, POLICY]) == [2, 1]
+    rec = Scripted(tokenizer, ["Doc 1 says: " + "very " * 40 + "long.</think>\n<answer>A</answer>"])
+    [r] = run_rollouts(_agent(), rec, ["Who won Super Bowl 50?"], ["en"])
+    assert sft_rows([r.stream], 4096) and not sft_rows([r.stream], 4096, max_turn_tokens=32)
+
+
 def test_find_gold_reads_each_document_in_its_own_language():
     items = FixedEvidence().search("q", ["de", "en", "zh"])
     golds = {"zh": ["丹佛野马队"], "en": ["Carolina Panthers 24-10"], "de": ["nicht da"]}

@@ -50,19 +50,19 @@ def find_gold(items, lang: str, golds_by_lang: dict) -> tuple[int, str, str] | N
 
 
 def answer_turn(number: int, doc_lang: str, found: str, lang: str, answer: str) -> str:
-    """The teacher's answer turn, in the words of the prompt's worked examples."""
-    qname = languages.name(lang)
+    """The teacher's answer turn: short, so that it fits the serving token budget (a longer
+    think, which also repeated the answer, measured 51 Gemma tokens for a cross-lingual case
+    and was cut off at 48: the warm-up taught answers that never closed)."""
     if doc_lang == lang:
-        think = f"Doc {number} says: {found}. The question is in {qname}, so I answer in {qname}."
+        think = f"Doc {number} says: {found}."
     else:
-        think = (f"Doc {number} is in {languages.name(doc_lang)} and says: {found}. "
-                 f"The question is in {qname}, so I answer in {qname}: {answer}.")
+        think = f"Doc {number} ({languages.name(doc_lang)}) says: {found}. I answer in {languages.name(lang)}."
     return (f"{prompts.THINK_OPEN}{prompts.escape_document(think)}{prompts.THINK_CLOSE}\n"
             f"{prompts.ANSWER_OPEN}{prompts.escape_document(answer)}{prompts.ANSWER_CLOSE}")
 
 
 def search_turn(query: str, lang: str) -> str:
-    think = "The documents do not answer this. I search again, in every language."
+    think = "Not found here. I search every language."
     return (f"{prompts.THINK_OPEN}{think}{prompts.THINK_CLOSE}\n"
             f"{prompts.SEARCH_OPEN}{prompts.escape_document(query)}{prompts.SEARCH_CLOSE}")
 
@@ -119,15 +119,31 @@ class TeacherTurns(TurnRecorder):
 
 # ---------------------------------------------------------------- the data set
 
-def sft_rows(streams, max_length: int) -> list[dict]:
-    """input_ids and labels (-100 except on the policy's tokens); too long ones are dropped."""
+def sft_rows(streams, max_length: int, max_turn_tokens: int | None = None) -> list[dict]:
+    """input_ids and labels (-100 except on the policy's tokens). Dropped: sequences over
+    `max_length`, and trajectories with a policy turn longer than `max_turn_tokens` (the
+    agent's per-turn budget: the policy would be cut off there when serving)."""
     rows = []
     for s in streams:
+        if max_turn_tokens and any(n > max_turn_tokens for n in policy_turn_lengths(s.env_mask)):
+            continue
         ids = s.prompt_ids + s.completion_ids
         labels = [IGNORE] * len(s.prompt_ids) + [t if m == POLICY else IGNORE for t, m in zip(s.completion_ids, s.env_mask)]
         if len(ids) <= max_length and any(l != IGNORE for l in labels):
             rows.append({"input_ids": ids, "labels": labels})
     return rows
+
+
+def policy_turn_lengths(env_mask: list[int]) -> list[int]:
+    """Token counts of each run of policy tokens in a stream."""
+    runs, n = [], 0
+    for m in env_mask + [None]:
+        if m == POLICY:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs
 
 
 def build_warmup_data(cfg: TrainConfig, tokenizer, agent_for, log=print) -> tuple[list[dict], dict]:
@@ -148,7 +164,7 @@ def build_warmup_data(cfg: TrainConfig, tokenizer, agent_for, log=print) -> tupl
                 n_supported += 1
                 kept_cross += r.global_searches > 0
                 streams.append(r.stream)
-    rows = sft_rows(streams, cfg.sft_max_length)
+    rows = sft_rows(streams, cfg.sft_max_length, cfg.max_new_tokens)
     stats = {"examples": len(examples), "supported": n_supported, "rows": len(rows),
              "with_global_search": kept_cross}
     log(f"warm-up data: {len(examples)} questions, {n_supported} answerable from the evidence, "
