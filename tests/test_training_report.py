@@ -1,0 +1,37 @@
+"""The training report compares evals of different policies and GRPO runs side by side, and
+names any eval option that differs besides the policy."""
+import json
+
+from training.logs import write_rows
+from training.report import main
+
+
+def _eval(folder, policy, f1, k=2):
+    s = {"n": 2, "f1": f1, "valid": 1.0}
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({
+        "config": {"policy": policy, "k": k, "split": "dev", "date": "x"},
+        "results": {"crosearch": {"overall": s, "subsets": {"local": s, "cross": s}, "by_language": {"de": s}}}}))
+    return folder
+
+
+def test_the_report_puts_policies_and_runs_side_by_side(tmp_path):
+    base = _eval(tmp_path / "base", "bundled", 0.125)
+    grpo = _eval(tmp_path / "grpo", "ckpt", 0.375)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_rows(run / "log.csv", [{"step": i, "reward": 0.1 * i, "kl": 0.01, "step_s": 10} for i in range(1, 5)])
+    out = tmp_path / "out"
+    assert main(["--eval", f"base={base}", "--eval", f"grpo={grpo}", "--run", f"multi={run}", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| base | all | 2 |" in report and "0.125" in report and "0.375" in report
+    assert "| multi | 4 | 0.100 → 0.400 |" in report
+    assert "differ" not in report
+    assert (out / "eval_f1.png").stat().st_size > 0 and (out / "grpo_curves.png").stat().st_size > 0
+
+
+def test_evals_with_other_options_are_flagged(tmp_path):
+    a = _eval(tmp_path / "a", "p1", 0.1, k=2)
+    b = _eval(tmp_path / "b", "p2", 0.2, k=5)
+    main(["--eval", f"a={a}", "--eval", f"b={b}", "--out", str(tmp_path / "out")])
+    assert "- k: a=2, b=5" in (tmp_path / "out" / "report.md").read_text()
