@@ -510,7 +510,7 @@ def stop(signum, frame):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    settings = Settings.from_args(args)
+    settings = Settings.from_args(args, argv)
     engine = Engine(settings)
     demo = build_ui(engine, load_examples())
     # Generation is serialised (and batched) by ServedPolicy; this bounds how many questions

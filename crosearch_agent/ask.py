@@ -26,7 +26,7 @@ def main(argv=None) -> int:
                         help="the agent, or one of the evaluation baselines")
     Settings.add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = Settings.from_args(args)
+    settings = Settings.from_args(args, argv)
     from crosearch_agent.agent import describe
     from crosearch_agent.policy import PolicyError
     from crosearch_agent.qa_data import DataNotFound

@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <data home>/eval/<task>-<collection>-<split>)")
     Settings.add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = Settings.from_args(args)
+    settings = Settings.from_args(args, argv)
     if args.dataset == "tydiqa-goldp" and settings.collection == Settings.collection:
         settings.collection = "tydiqa-goldp" if args.split == "train" else f"tydiqa-goldp:{args.split}"
     if args.task == "retrieval" and args.dataset != "xquad":

@@ -75,6 +75,20 @@ def resolve_policy(name: str | None = None) -> str:
     return str(materialise_policy())
 
 
+def trained_agent_options(policy: str | None = None) -> dict:
+    """The agent options a policy folder was trained with (its `training.json`, written by
+    `python -m training.grpo` / `training.sft`); {} for any other policy. `None` reads the
+    newest checkpoint, the policy served by default."""
+    if policy == BUNDLED_POLICY:
+        return {}
+    folder = latest_checkpoint() if policy is None else Path(policy).expanduser()
+    try:
+        options = json.loads((folder / "training.json").read_text(encoding="utf-8"))["agent"]
+    except (TypeError, OSError, ValueError, KeyError):
+        return {}
+    return dict(options) if isinstance(options, dict) else {}
+
+
 def _cut_at_stop(text: str, stops) -> tuple[str, str | None]:
     """Text up to the earliest stop string, and which one it was."""
     hits = [(text.find(s), s) for s in stops if s and s in text]

@@ -195,6 +195,8 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
     assert ask.returncode == 0, (ask.stdout + ask.stderr)[-3000:]
     assert f"policy: {policy_dir.resolve()} (backend: vllm)" in ask.stdout
     assert "[search 1, local]" in ask.stdout and "\nanswer:" in ask.stdout
+    # Served as it was trained: the run's agent options the command line did not set.
+    assert "trained with: --k 2, --max-turns 2, --force-global-search False" in ask.stderr
 
 
 @pytest.mark.slow  # importing TRL's GRPO trainer (it probes vLLM) takes ~10 s of CPU

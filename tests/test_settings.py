@@ -1,0 +1,46 @@
+"""A trained policy is served with the prompt-shaping agent options it was trained with
+(its training.json), unless the user sets them; other options stay the user's."""
+import argparse
+import json
+
+from crosearch_agent.config import Settings, flags_given
+from training.checkpoints import publish_latest
+
+
+def _policy(folder, agent):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "training.json").write_text(json.dumps({"kind": "grpo", "agent": agent}))
+    return folder
+
+
+def _settings(argv):
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    return Settings.from_args(parser.parse_args(argv), argv)
+
+
+TRAINED = {"k": 2, "few_shot": 0, "max_new_tokens": 64, "force_global_search": False,
+           "collection": "xquad", "temperature": 1.0}
+
+
+def test_a_trained_policy_gets_its_training_options_unless_the_user_sets_them(tmp_path, capsys):
+    policy = _policy(tmp_path / "p", TRAINED)
+    s = _settings(["--policy", str(policy), "--k=4"])
+    assert (s.k, s.few_shot, s.max_new_tokens, s.force_global_search) == (4, 0, 64, False)
+    assert (s.collection, s.temperature) == ("xquad-partial", 0.0)  # not prompt-shaping: the user's defaults
+    assert "--few-shot 0" in capsys.readouterr().err
+
+
+def test_the_default_policy_is_the_latest_checkpoint_and_brings_its_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSEARCH_HOME", str(tmp_path))
+    publish_latest(_policy(tmp_path / "checkpoints" / "run" / "policy", TRAINED), tmp_path / "checkpoints")
+    assert _settings([]).few_shot == 0
+    assert _settings(["--policy", "bundled:gemma-3-270m"]).few_shot == Settings.few_shot
+
+
+def test_a_policy_without_training_notes_changes_nothing(tmp_path):
+    (tmp_path / "plain").mkdir()
+    assert _settings(["--policy", str(tmp_path / "plain")]) == Settings(policy=str(tmp_path / "plain"))
+    assert _settings(["--policy", "Qwen/Qwen2.5-3B-Instruct"]).k == Settings.k
+    assert flags_given(["q", "--few-shot", "0", "--max-turns=2"]) == {"few_shot", "max_turns"}
