@@ -28,6 +28,15 @@ def test_the_report_puts_policies_and_runs_side_by_side(tmp_path):
     assert "| multi | 4 | 0.100 → 0.400 |" in report
     assert "differ" not in report
     assert (out / "eval_f1.png").stat().st_size > 0 and (out / "grpo_curves.png").stat().st_size > 0
+    assert json.loads((out / "evals.json").read_text())["grpo"]["results"]["overall"]["f1"] == 0.375
+
+
+def test_machine_folders_are_named_by_role(tmp_path, monkeypatch):
+    from training.report import portable
+
+    monkeypatch.setenv("CROSEARCH_HOME", str(tmp_path / "home"))
+    got = portable({"policy": str(tmp_path / "home" / "checkpoints" / "latest"), "n": [3, str(tmp_path)]})
+    assert got == {"policy": "<data home>/checkpoints/latest", "n": [3, str(tmp_path)]}
 
 
 def test_evals_with_other_options_are_flagged(tmp_path):

@@ -2,8 +2,9 @@
 
 Reads the `results.json` of several `python -m crosearch_agent.eval` runs of one method with
 different policies (base, after warm-up, after GRPO, GRPO without multilingual rollouts) and
-the `log.csv` of GRPO runs, and writes one Markdown table, a per-language chart of the eval
-and one chart of the runs' reward curves:
+the `log.csv` of GRPO runs, and writes one Markdown table, per-language charts of the evals,
+one chart of the runs' reward curves, and `evals.json` (the compared results with their
+configurations, machine folders named by role, fit to commit):
 
     python -m training.report --eval base=DIR --eval warmup=DIR --eval grpo=DIR \\
         --run multilingual=RUN_DIR --run one-language=RUN_DIR --out DIR
@@ -18,12 +19,27 @@ import json
 import sys
 from pathlib import Path
 
+from crosearch_agent.config import REPO_ROOT, data_home
 from crosearch_agent.eval import QA_KEYS, chart, markdown_table
 from training.logs import read_rows
 
 # Eval options that may differ between the compared runs (everything else must match).
 PER_RUN = {"policy", "git_commit", "date", "timing", "out", "backend", "base_url", "batch_size"}
 CURVES = ("reward", "reward_answer", "reward_format", "reward_language", "format_valid_rate", "kl")
+
+
+def portable(value):
+    """`value` with this machine's folders named by role (`<data home>`, `<repo>`), so a
+    report can be committed and read elsewhere."""
+    if isinstance(value, str):
+        for folder, name in ((data_home(), "<data home>"), (REPO_ROOT, "<repo>"), (REPO_ROOT.parent, "<repo>/..")):
+            value = value.replace(str(folder), name)
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    return value
 
 
 def labelled(items: list[str], what: str) -> list[tuple[str, Path]]:
@@ -37,21 +53,22 @@ def labelled(items: list[str], what: str) -> list[tuple[str, Path]]:
 
 
 def load_evals(evals: list[tuple[str, Path]], method: str) -> tuple[dict, list[str], dict]:
-    """{label: that eval's results for `method`}, the config differences, and each policy."""
+    """{label: that eval's results for `method`}, the config differences, and each eval's
+    configuration (machine folders replaced by their role)."""
     results, configs = {}, {}
     for label, folder in evals:
         path = folder / "results.json" if folder.is_dir() else folder
         data = json.loads(path.read_text(encoding="utf-8"))
         if method not in data["results"]:
             raise SystemExit(f"error: {path} has no results for method {method!r} (it has {sorted(data['results'])})")
-        results[label], configs[label] = data["results"][method], data["config"]
+        results[label], configs[label] = data["results"][method], portable(data["config"])
     first, *rest = configs
     differences = []
     for label in rest:
         for key in sorted(set(configs[first]) | set(configs[label])):
             if key not in PER_RUN and configs[first].get(key) != configs[label].get(key):
                 differences.append(f"{key}: {first}={configs[first].get(key)!r}, {label}={configs[label].get(key)!r}")
-    return results, differences, {label: c.get("policy") for label, c in configs.items()}
+    return results, differences, configs
 
 
 def plot_runs(runs: list[tuple[str, list[dict]]], path: Path, title: str) -> None:
@@ -108,11 +125,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     parts = ["# Training report", ""]
     if args.eval:
-        results, differences, policies = load_evals(labelled(args.eval, "eval"), args.method)
-        parts += [f"Eval method `{args.method}`; policies: " + "; ".join(f"{l} = `{p}`" for l, p in policies.items()), ""]
+        results, differences, configs = load_evals(labelled(args.eval, "eval"), args.method)
+        parts += [f"Eval method `{args.method}`; policies: "
+                  + "; ".join(f"{l} = `{c.get('policy')}`" for l, c in configs.items()), ""]
         if differences:
             parts += ["**The evals differ in more than the policy:**", ""] + [f"- {d}" for d in differences] + [""]
         parts.append(markdown_table(results, list(QA_KEYS), "f1"))
+        (out / "evals.json").write_text(json.dumps({label: {"config": configs[label], "results": results[label]}
+                                                    for label in results}, indent=2, ensure_ascii=False), encoding="utf-8")
         for key in ("f1", "valid"):
             chart(results, key, out / f"eval_{key}.png", f"{key} by policy ({args.method})")
     if args.run:
@@ -126,7 +146,7 @@ def main(argv=None) -> int:
         plot_runs(runs, out / "grpo_curves.png", "GRPO runs")
     (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
     print("\n".join(parts))
-    print(f"wrote {out}/report.md and its charts")
+    print(f"wrote {out}/report.md, its charts{' and evals.json' if args.eval else ''}")
     return 0
 
 
