@@ -32,6 +32,11 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def column(rows: list[dict], name: str) -> list[float]:
+    """One logged column as numbers; a blank cell (not logged that step) is NaN."""
+    return [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in rows]
+
+
 def write_rows(path: Path, rows: list[dict]) -> None:
     tmp = Path(path).with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -52,8 +57,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     steps = [int(r["step"]) for r in rows]
     for ax, names in zip(axes, PLOTS):
         for name in names:
-            values = [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in rows]
-            ax.plot(steps, values, marker="o", markersize=3, label=name)
+            ax.plot(steps, column(rows, name), marker="o", markersize=3, label=name)
         ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("GRPO step")

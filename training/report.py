@@ -21,7 +21,7 @@ from pathlib import Path
 
 from crosearch_agent.config import REPO_ROOT, data_home
 from crosearch_agent.eval import QA_KEYS, chart, markdown_table
-from training.logs import read_rows
+from training.logs import column, read_rows
 
 # Eval options that may differ between the compared runs (everything else must match).
 PER_RUN = {"policy", "git_commit", "date", "timing", "out", "backend", "base_url", "batch_size"}
@@ -81,9 +81,7 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path: Path, title: str) -> Non
     fig, axes = plt.subplots(len(CURVES), 1, figsize=(7, 2.0 * len(CURVES)), sharex=True)
     for ax, name in zip(axes, CURVES):
         for label, rows in runs:
-            steps = [int(r["step"]) for r in rows]
-            values = [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in rows]
-            ax.plot(steps, values, marker="o", markersize=3, label=label)
+            ax.plot([int(r["step"]) for r in rows], column(rows, name), marker="o", markersize=3, label=label)
         ax.set_ylabel(name, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -94,19 +92,20 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path: Path, title: str) -> Non
     plt.close(fig)
 
 
+def _mean(rows: list[dict], name: str) -> float:
+    """Mean of a logged column over the steps that logged it (NaN if none did)."""
+    vals = [v for v in column(rows, name) if v == v]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 def run_table(runs: list[tuple[str, list[dict]]]) -> str:
     """Mean of each curve over the first and the last quarter of each run's steps."""
     lines = ["| run | steps | " + " | ".join(f"{c} (first → last quarter)" for c in CURVES) + " | s/step |",
              "|---|---|" + "---|" * (len(CURVES) + 1)]
     for label, rows in runs:
         q = max(1, len(rows) // 4)
-
-        def mean(part, name):
-            vals = [float(r[name]) for r in part if r.get(name) not in (None, "")]
-            return sum(vals) / len(vals) if vals else float("nan")
-
-        cells = [f"{mean(rows[:q], c):.3f} → {mean(rows[-q:], c):.3f}" for c in CURVES]
-        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + f" | {mean(rows, 'step_s'):.0f} |")
+        cells = [f"{_mean(rows[:q], c):.3f} → {_mean(rows[-q:], c):.3f}" for c in CURVES]
+        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + f" | {_mean(rows, 'step_s'):.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ prompt are labelled -100). The result is written atomically to the run's warm-up
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -136,14 +137,7 @@ def sft_rows(streams, max_length: int, max_turn_tokens: int | None = None) -> li
 
 def policy_turn_lengths(env_mask: list[int]) -> list[int]:
     """Token counts of each run of policy tokens in a stream."""
-    runs, n = [], 0
-    for m in env_mask + [None]:
-        if m == POLICY:
-            n += 1
-        elif n:
-            runs.append(n)
-            n = 0
-    return runs
+    return [len(list(run)) for source, run in itertools.groupby(env_mask) if source == POLICY]
 
 
 def build_warmup_data(cfg: TrainConfig, tokenizer, agent_for, log=print) -> tuple[list[dict], dict]:
