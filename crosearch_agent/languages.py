@@ -30,6 +30,31 @@ CHARACTER_LANGS = frozenset({"zh", "ja", "th"})
 MIN_LETTERS = 4        # fewer letters than this is too short to tell a language
 MIN_CONFIDENCE = 0.60  # below this the text is likely mixed; search everywhere
 
+# The scripts each language is written in, named as Unicode's character names begin
+# ("LATIN SMALL LETTER A", "CJK UNIFIED IDEOGRAPH-4E2D"). The answer-language check compares
+# an answer's letters with these.
+_LATIN = frozenset({"LATIN"})
+SCRIPTS = {
+    **dict.fromkeys(("da", "de", "en", "es", "fi", "fr", "hu", "id", "it", "ms", "nl", "no", "pl",
+                     "pt", "ro", "sv", "sw", "tr", "vi"), _LATIN),
+    "ar": frozenset({"ARABIC"}), "bn": frozenset({"BENGALI"}), "el": frozenset({"GREEK"}),
+    "he": frozenset({"HEBREW"}), "hi": frozenset({"DEVANAGARI"}), "ja": frozenset({"CJK", "HIRAGANA", "KATAKANA"}),
+    "km": frozenset({"KHMER"}), "ko": frozenset({"HANGUL", "CJK"}), "ru": frozenset({"CYRILLIC"}),
+    "te": frozenset({"TELUGU"}), "th": frozenset({"THAI"}), "zh": frozenset({"CJK"}),
+}
+# Letters named without a script ("MODIFIER LETTER APOSTROPHE", "FEMININE ORDINAL INDICATOR")
+# belong to no language; a few scripts' letters are named otherwise.
+_NO_SCRIPT = frozenset({"MODIFIER", "FEMININE", "MASCULINE"})
+_SCRIPT_ALIASES = {"IDEOGRAPHIC": "CJK", "KATAKANA-HIRAGANA": "KATAKANA"}
+
+
+def script(letter: str) -> str | None:
+    """The script of one letter ("LATIN", "CYRILLIC", "CJK", ...), None for letters of none."""
+    word = unicodedata.name(letter, "").split(" ", 1)[0]
+    if not word or word in _NO_SCRIPT:
+        return None
+    return _SCRIPT_ALIASES.get(word, word)
+
 
 def name(code: str) -> str:
     return NAMES.get(code, code)
@@ -85,6 +110,12 @@ def _rank_langdetect(text: str, candidates: tuple[str, ...]) -> list[tuple[str, 
 
 
 METHODS = {"py3langid": _rank_py3langid, "langdetect": _rank_langdetect}
+
+
+def rank(text: str, candidates, method: str = "py3langid") -> list[tuple[str, float]]:
+    """The candidates by probability for `text`, best first, with no fallback rules; empty
+    when there are no letters."""
+    return METHODS[method](text, tuple(sorted(set(candidates)))) if _letters(text) else []
 
 
 def detect(text: str, candidates=XQUAD_LANGS, method: str = "py3langid") -> Detection:

@@ -32,17 +32,29 @@ def test_format_reward():
     assert rewards.format_score(["x</think>\n<information>fake</information><answer>a</answer>"], True) == 0.0
 
 
-@pytest.mark.parametrize("answer, lang, expected", [
-    ("the team from Denver won", "en", 1.0),
-    ("丹佛野马队", "zh", 1.0),
-    ("the team from Denver won", "zh", 0.0),
-    ("Берлин столица Германии", "ru", 1.0),
-    ("Berlin ist die Hauptstadt", "ru", 0.0),
-    ("1979", "de", 1.0),      # numbers belong to every language
-    ("", "de", 0.0),
+@pytest.mark.parametrize("answer, lang, golds, expected", [
+    ("the team from Denver won", "en", [], 1.0),
+    ("丹佛野马队", "zh", [], 1.0),
+    ("the team from Denver won", "zh", [], 0.0),
+    ("Берлин столица Германии", "ru", [], 1.0),
+    ("Berlin ist die Hauptstadt", "ru", [], 0.0),
+    ("Denver Broncos", "de", [], 1.0),               # a name shared by the Latin-script languages
+    ("Lady Gaga", "el", [], 1.0),                    # Greek keeps many names in Latin letters...
+    ("Denver Broncos", "el", ["Ντένβερ Μπρόνκος"], 0.0),  # ...but not this one, says the gold
+    ("1979", "de", [], 1.0),      # numbers belong to every language
+    ("", "de", [], 0.0),
 ])
-def test_language_reward(answer, lang, expected):
-    assert rewards.language_score(answer, lang) == expected
+def test_language_reward(answer, lang, golds, expected):
+    assert rewards.language_score(answer, lang, golds) == expected
+
+
+def test_language_reward_with_the_parallel_golds():
+    # The GRPO examples know every language's gold: another language's gold is that language's way.
+    by_lang = {"en": ["Warsaw"], "de": ["Warschau"], "tr": ["Varşova"]}
+    assert rewards.language_score("Varşova", "en", ["Warsaw"]) == 1.0            # the detector cannot place it
+    assert rewards.language_score("Varşova", "en", ["Warsaw"], by_lang) == 0.0
+    assert rewards.language_score("Warsaw", "de", ["Warschau"], by_lang) == 0.0
+    assert rewards.language_score("Warsaw", "en", ["Warsaw"], by_lang) == 1.0
 
 
 def test_trl_signatures_read_the_rollout_columns_and_return_one_reward_each():
@@ -55,4 +67,9 @@ def test_trl_signatures_read_the_rollout_columns_and_return_one_reward_each():
     assert answer_fn(**cols) == [1.0, 0.0]
     assert format_fn(**cols) == [1.0, 0.0]
     assert language_fn(**cols) == [1.0, 0.0]
+    # With the rollout's golds_by_lang column, another language's gold fails the language reward.
+    by_lang = {"en": ["Warsaw"], "tr": ["Varşova"]}
+    warsaw = {**cols, "answer": ["Varşova", "Warsaw"], "golds": [["Warsaw"]] * 2, "lang": ["en", "en"]}
+    assert language_fn(**warsaw, golds_by_lang=[by_lang] * 2) == [0.0, 1.0]
+    assert language_fn(**warsaw) == [1.0, 1.0]
     assert rewards.reward_funcs("em")[0](**{**cols, "answer": ["Broncos", "Берлин"]}) == [0.0, 1.0]

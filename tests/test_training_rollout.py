@@ -229,6 +229,7 @@ def test_rollout_func_spreads_each_group_over_its_languages_with_their_own_gold(
     assert out["lang"] == ["zh", "en", "zh", "en", "de", "en", "de", "en"]
     assert [s.question for s in rec.streams] == [questions[l] for l in out["lang"]]
     assert out["golds"] == [list(golds[l]) for l in out["lang"]]
+    assert out["golds_by_lang"] == [{l: list(g) for l, g in golds.items()}] * 8  # for the language reward
     assert out["answer"] == ["丹佛野马队"] * 8 and len(out["env_mask"]) == len(out["completion_ids"]) == 8
     assert all(len(m) == len(c) for m, c in zip(out["env_mask"], out["completion_ids"]))
     assert stats.take()["rollouts"] == 8

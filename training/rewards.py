@@ -4,7 +4,8 @@ and the answer's language (the question's).
 
 The scoring functions are plain; `reward_funcs` wraps them in TRL's signature
 (`prompts, completions, **columns -> list[float]`), reading what the rollout returned
-(`answer`, `golds`, `lang`, `turns`, `answered`) rather than re-parsing completions.
+(`answer`, `golds`, `golds_by_lang`, `lang`, `turns`, `answered`) rather than re-parsing
+completions.
 """
 from __future__ import annotations
 
@@ -29,12 +30,14 @@ def format_score(turns: list[str], answered: bool) -> float:
     return ok if answered else 0.5 * ok
 
 
-def language_score(answer: str | None, lang: str) -> float:
-    """1 when the answer is in the question's language; answers without letters (numbers,
-    dates) count as right, an empty answer as wrong."""
+def language_score(answer: str | None, lang: str, golds=(), golds_by_lang=None) -> float:
+    """1 when the answer is written the way the question's language writes it (EVAL.md's
+    "Lang", `metrics.in_question_language`, judged with the rollout's golds and, where given,
+    the question's parallel golds in every language: another language's gold fails); answers
+    without letters (numbers, dates) count as right, an empty answer as wrong."""
     if not answer or not answer.strip():
         return 0.0
-    ok = metrics.answer_language_ok(answer, lang)
+    ok = metrics.in_question_language(answer, lang, golds, golds_by_lang=golds_by_lang)
     return 1.0 if ok is None else float(ok)
 
 
@@ -47,8 +50,9 @@ def reward_funcs(metric: str = "f1") -> list:
     def format(prompts, completions, turns, answered, **_):  # noqa: A001 (the name TRL logs)
         return [format_score(t, ok) for t, ok in zip(turns, answered)]
 
-    def language(prompts, completions, answer, lang, **_):
-        return [language_score(a, l) for a, l in zip(answer, lang)]
+    def language(prompts, completions, answer, golds, lang, golds_by_lang=None, **_):
+        by_lang = golds_by_lang or [None] * len(answer)
+        return [language_score(a, l, g, b) for a, g, l, b in zip(answer, golds, lang, by_lang)]
 
     return [answer, format, language]
 

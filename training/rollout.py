@@ -348,7 +348,7 @@ def make_rollout_func(examples: dict, cfg, agent_for, recorder_for, stats: Rollo
             for i, r in zip(idx, done):
                 rollouts[i] = r
         out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "answer": [], "golds": [],
-               "lang": [], "turns": [], "answered": [], "searches": [], "global_searches": []}
+               "golds_by_lang": [], "lang": [], "turns": [], "answered": [], "searches": [], "global_searches": []}
         for (example, lang), r in zip(items, rollouts):
             s = r.stream
             out["prompt_ids"].append(s.prompt_ids)
@@ -357,6 +357,7 @@ def make_rollout_func(examples: dict, cfg, agent_for, recorder_for, stats: Rollo
             out["env_mask"].append(s.env_mask)
             out["answer"].append(r.answer)
             out["golds"].append(list(example.variant(lang).answers))
+            out["golds_by_lang"].append(example.golds_by_lang)
             out["lang"].append(lang)
             out["turns"].append(list(s.turns))
             out["answered"].append(r.answered)
