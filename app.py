@@ -29,7 +29,8 @@ from concurrent.futures import Future
 from crosearch_agent.agent import MAX_QUESTION_CHARS, Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep
 from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, data_dir
 from crosearch_agent.languages import NAMES, XQUAD_LANGS, detect
-from crosearch_agent.policy import BACKENDS, BUNDLED_POLICY, PolicyError, default_backend, latest_checkpoint
+from crosearch_agent.policy import (BACKENDS, BUNDLED_POLICY, SHIPPED_PREFIX, PolicyError, default_backend,
+                                    describe_policy, latest_checkpoint)
 
 import app_views as views
 
@@ -227,7 +228,7 @@ class Engine:
             return f"the policy could not be loaded ({problem}); still serving {self.policy.name}"
         self.backend = backend
         self.policy.swap(new)
-        return f"policy: {new.name} (backend: {backend})"
+        return f"policy: {describe_policy(new.name)} (backend: {backend})"
 
     def retriever(self, collection: str):
         """The retriever of a collection, loaded once (StoreError when it has no index)."""
@@ -244,7 +245,8 @@ class Engine:
             return f"**Preparing the models and indexes…** ({self.stage}). You can already type a question."
         if self.error:
             return f"**CroSearch could not prepare its index:** {views.md_text(self.error)}"
-        policy = (f"policy {views.md_text(self.policy.name)} ({self.policy.backend})" if self.policy.inner is not None
+        policy = (f"policy {views.md_text(describe_policy(self.policy.name))} ({self.policy.backend})"
+                  if self.policy.inner is not None
                   else f"**no policy loaded:** {views.md_text(self.policy.problem)}")
         cols = ", ".join(f"{c} ({len(r.languages)} languages)" for c, r in self.retrievers.items())
         return f"Ready: {policy}; collection {views.md_text(cols)}."
@@ -365,7 +367,12 @@ def built_collections() -> list[str]:
 
 
 def policy_choices() -> list[tuple[str, str]]:
-    choices = [("default: newest checkpoint, else bundled", DEFAULT_POLICY), ("bundled Gemma 3 270M", BUNDLED_POLICY)]
+    from crosearch_agent.bundled import SHIPPED_POLICY, shipped_policy_artifact
+
+    choices = [("default: your newest checkpoint, else the shipped trained policy", DEFAULT_POLICY)]
+    if shipped_policy_artifact() is not None:
+        choices.append((f"shipped trained policy ({SHIPPED_POLICY})", SHIPPED_PREFIX + SHIPPED_POLICY))
+    choices.append(("raw bundled Gemma 3 270M (untrained)", BUNDLED_POLICY))
     if (ckpt := latest_checkpoint()) is not None:
         choices.append((f"newest checkpoint: {ckpt.name}", str(ckpt)))
     return choices

@@ -11,8 +11,9 @@ trajectory's prompt goes to the backend in one batch, which is what vLLM is good
 single-question path is the same code with a batch of one.
 
 `method` selects the evaluation's baselines with the same machinery: `closed_book` (no
-retrieval), `mono_rag` / `concat_rag` (one retrieval with the question, then answer) and
-`crosearch` (the agent).
+retrieval), `mono_rag` / `concat_rag` (one retrieval with the question, then answer),
+`oracle` (one retrieval from a retriever that returns the gold paragraph: the reading
+diagnostic) and `crosearch` (the agent).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from crosearch_agent import prompts
 from crosearch_agent.languages import NAMES as lang_names, detect, name as lang_name
 from crosearch_agent.policy import PolicyError, Sampling
 
-METHODS = ("closed_book", "mono_rag", "concat_rag", "crosearch")
+METHODS = ("closed_book", "mono_rag", "concat_rag", "oracle", "crosearch")
+ONE_SEARCH = ("mono_rag", "concat_rag", "oracle")  # one retrieval with the question, then answer
 MAX_QUESTION_CHARS = 2000
 
 
@@ -162,7 +164,7 @@ class _Trajectory:
                                confidence=det.confidence, fallback=det.fallback, reason=det.reason))
         method = self.agent.method
         settings = self.agent.settings
-        if method in ("mono_rag", "concat_rag") or (method == "crosearch" and settings.force_first_search):
+        if method in ONE_SEARCH or (method == "crosearch" and settings.force_first_search):
             think = "I need to search for this."
             self.emit(ThinkStep("think", text=think, turn=1))
             self.search(q, think)

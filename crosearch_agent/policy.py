@@ -20,10 +20,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosearch_agent.config import data_home
+from crosearch_agent.config import data_home, models_home
 
 BACKENDS = ("vllm", "openai", "transformers")
-BUNDLED_POLICY = "bundled:gemma-3-270m"
+BUNDLED_POLICY = "bundled:gemma-3-270m"          # the raw base model, always
+SHIPPED_PREFIX = "shipped:"                        # e.g. shipped:crosearch-reader-270m (policies/<name>)
 
 
 class PolicyError(RuntimeError):
@@ -64,24 +65,58 @@ def latest_checkpoint(home: Path | None = None) -> Path | None:
 
 
 def resolve_policy(name: str | None = None) -> str:
-    """A model folder or hub id: the given one, else the newest checkpoint, else the bundled model."""
-    if name and name != BUNDLED_POLICY:
+    """A model folder or hub id for `name`; None is the default policy: the user's own newest
+    checkpoint (`checkpoints/latest`), else the trained policy this repository ships
+    (`policies/`), else the raw bundled base. `bundled:gemma-3-270m` is always the raw base."""
+    if name == BUNDLED_POLICY:
+        from crosearch_agent.bundled import materialise_policy
+
+        return str(materialise_policy())
+    if name and name.startswith(SHIPPED_PREFIX):
+        from crosearch_agent.bundled import materialise_shipped_policy
+
+        folder = materialise_shipped_policy(name=name[len(SHIPPED_PREFIX):])
+        if folder is None:
+            raise PolicyError(f"this repository ships no policy {name!r} (policies/ has no such folder)")
+        return str(folder)
+    if name:
         path = Path(name).expanduser()
         return str(path.resolve()) if path.exists() else name
-    if name is None and (ckpt := latest_checkpoint()):
-        return str(ckpt)
-    from crosearch_agent.bundled import materialise_policy
+    return str(default_policy())
 
-    return str(materialise_policy())
+
+def default_policy() -> Path:
+    """The folder served when no policy is named (see `resolve_policy`)."""
+    from crosearch_agent.bundled import materialise_policy, materialise_shipped_policy
+
+    return latest_checkpoint() or materialise_shipped_policy() or materialise_policy()
+
+
+def describe_policy(folder: str | Path) -> str:
+    """Which policy a folder is, in words, for status lines: the user's newest checkpoint, the
+    shipped trained policy, the raw base, or another folder / hub id."""
+    from crosearch_agent.bundled import POLICY_DIR, SHIPPED_POLICY
+
+    path = Path(str(folder))
+    if (ckpt := latest_checkpoint()) is not None and path.resolve() == ckpt:
+        return f"your newest checkpoint ({path.name})"
+    if path.name == SHIPPED_POLICY and path.parent.resolve() == models_home():
+        return f"the shipped trained policy {SHIPPED_POLICY}"
+    if path.name == POLICY_DIR and path.parent.resolve() == models_home():
+        return "the raw bundled base Gemma 3 270M (untrained)"
+    return str(folder)
 
 
 def trained_agent_options(policy: str | None = None) -> dict:
     """The agent options a policy folder was trained with (its `training.json`, written by
     `python -m training.grpo` / `training.sft`); {} for any other policy. `None` reads the
-    newest checkpoint, the policy served by default."""
+    default policy's (see `resolve_policy`)."""
     if policy == BUNDLED_POLICY:
         return {}
-    folder = latest_checkpoint() if policy is None else Path(policy).expanduser()
+    try:
+        folder = Path(resolve_policy(policy)) if policy is None or policy.startswith(SHIPPED_PREFIX) else Path(policy).expanduser()
+    except Exception:  # the options are a courtesy: a policy that cannot load fails later, clearly
+        return {}
     try:
         options = json.loads((folder / "training.json").read_text(encoding="utf-8"))["agent"]
     except (TypeError, OSError, ValueError, KeyError):

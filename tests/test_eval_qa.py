@@ -56,7 +56,7 @@ def test_tydiqa_format_files_get_their_own_index_and_all_questions_are_local(tmp
 
 
 def test_unknown_method_and_missing_data_fail_with_a_message(tmp_path, capsys):
-    assert evaluation.main(["--task", "qa", "--methods", "oracle", "--out", str(tmp_path), *SMALL]) == 1
+    assert evaluation.main(["--task", "qa", "--methods", "psychic", "--out", str(tmp_path), *SMALL]) == 1
     assert "unknown QA method" in capsys.readouterr().err
     assert evaluation.main(["--task", "qa", "--dataset", "tydiqa-goldp", "--data-dir", str(tmp_path),
                             "--split", "dev", "--out", str(tmp_path), *SMALL]) == 1

@@ -65,6 +65,14 @@ def test_tydiqa_rows_are_single_language_groups_at_the_configured_share(shared_d
     assert {e.lang for e in tydi} <= {"en", "ko", "sw"}
 
 
+def test_zero_examples_means_every_training_question_in_every_language(shared_data):
+    every = data.load_examples(load_config(None, {"tydiqa_share": 0.5}), n=0)
+    xquad = [e for e in every if e.dataset == "xquad"]
+    assert len(xquad) == 12 * len({e.group for e in xquad}) == len(data.xquad_examples())  # 525 x 12
+    assert len(every) - len(xquad) == len(data.tydiqa_examples())  # and every TyDi GoldP train question
+    assert len(data.load_examples(load_config(None, {}), n=0)) == len(xquad)  # no TyDi without a share
+
+
 # ---------------------------------------------------------------- multilingual groups
 
 def _example(lang="de", langs=XQUAD_LANGS):

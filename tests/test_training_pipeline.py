@@ -40,7 +40,7 @@ def test_every_config_loads_and_overrides_type_themselves():
 def test_bad_configs_are_refused_with_a_clear_message(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config("cpu-smoke", overrides)
-    with pytest.raises(ValueError, match="known: cpu-small, cpu-smoke, gpu-1x, gpu-8x$"):
+    with pytest.raises(ValueError, match="known: cpu-reader, cpu-small, cpu-smoke, gpu-1x, gpu-8x$"):
         load_config("no-such-config")
 
 
@@ -168,8 +168,9 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
     assert warmup["kind"] == "warmup" and warmup["data"]["rows"] > 0 and warmup["loss_last"] is not None
     assert latest_checkpoint(home) is None  # nothing published by an interrupted run
 
-    # 2. --resume continues from step 1 to the end and publishes.
-    done = subprocess.run(cmd + ["--resume"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1000)
+    # 2. --resume continues from step 1 to the end, and the publishing gate decides.
+    done = subprocess.run(cmd + ["--resume", "--gate_questions", "1", "--gate_backend", "transformers"], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=1000)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "resuming from" in done.stdout and "checkpoint-1" in done.stdout
     rows = list(__import__("csv").DictReader(open(run_dir / "log.csv")))
@@ -181,7 +182,13 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
         assert float(r["mean_searches"]) >= 1.0
     assert (run_dir / "curves.png").stat().st_size > 1000
     policy_dir = home / "checkpoints" / "cpu-smoke" / "policy"
-    assert latest_checkpoint(home) == policy_dir.resolve()
+    decision = json.loads((policy_dir / "gate.json").read_text())
+    assert decision["candidate"]["n"] == decision["incumbent"]["n"] == 12  # one dev question per language, both
+    assert ("published" in done.stdout) == decision["publish"]
+    assert latest_checkpoint(home) == (policy_dir.resolve() if decision["publish"] else None)
+    if not decision["publish"]:  # a two-step smoke run rarely beats the shipped policy; publish it by hand
+        assert "not published: worse than the policy it would replace" in done.stdout
+        checkpoints.publish_latest(policy_dir, home / "checkpoints")
     info = json.loads((policy_dir / "training.json").read_text())
     assert info["kind"] == "grpo" and info["steps"] == 2
     print("\n" + (run_dir / "log.csv").read_text())  # seconds per step and peak RSS, for the record
@@ -193,7 +200,7 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
                           "--max-new-tokens", "32", "--few-shot", "0"], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert ask.returncode == 0, (ask.stdout + ask.stderr)[-3000:]
-    assert f"policy: {policy_dir.resolve()} (backend: vllm)" in ask.stdout
+    assert "policy: your newest checkpoint (policy) (backend: vllm)" in ask.stdout
     assert "[search 1, local]" in ask.stdout and "\nanswer:" in ask.stdout
     # Served as it was trained: the run's agent options the command line did not set.
     assert "trained with: --k 2, --max-turns 2, --force-global-search False" in ask.stderr

@@ -20,8 +20,10 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STAGING = ".staging"
 LATEST = "latest"
 INFO = "training.json"
-# Files a resumable checkpoint must have; trainer_state.json is written last.
-RESUME_FILES = ("trainer_state.json", "config.json")
+# Files a resumable checkpoint must have (trainer_state.json is written last), and one of
+# the model's: a full model's config or a LoRA adapter's.
+RESUME_FILES = ("trainer_state.json",)
+MODEL_FILES = ("config.json", "adapter_config.json")
 
 
 def replace_dir(tmp: Path, dest: Path) -> None:
@@ -89,7 +91,8 @@ def checkpoint_steps(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for path in Path(run_dir).glob("checkpoint-*"):
         m = CHECKPOINT_RE.match(path.name)
-        if m and path.is_dir() and all((path / f).is_file() for f in RESUME_FILES):
+        if (m and path.is_dir() and all((path / f).is_file() for f in RESUME_FILES)
+                and any((path / f).is_file() for f in MODEL_FILES)):
             found.append((int(m.group(1)), path))
     return sorted(found)
 

@@ -47,12 +47,20 @@ class TrainConfig:
     multilingual: bool = True                    # False: every rollout of a group in the row's own language
     group_languages: int = 3                     # languages per group: the row's own, English, then random others
     # -- format warm-up (SFT)
-    sft_examples: int = 64
+    sft_examples: int = 64                       # 0: every XQuAD train question in every language, plus every
+                                                 # TyDi GoldP train question when tydiqa_share > 0
     sft_steps: int = 20
     sft_batch_size: int = 1
     sft_grad_accum: int = 4
     sft_learning_rate: float = 2e-5
     sft_max_length: int = 2048
+    sft_epochs: float = 0                        # > 0: train this many passes over the rows (sft_steps then ignored)
+    sft_save_steps: int = 25                     # resumable warm-up checkpoints every this many optimizer steps
+    # -- LoRA (peft) for the warm-up: a small adapter that can ship in the repo (policies/)
+    lora_r: int = 0                              # 0: full fine-tuning of the body
+    lora_alpha: int = 64
+    lora_layers: int = 0                         # adapt only the top N decoder layers (0: all); the backward pass
+                                                 # then stops at the lowest adapted layer (faster on CPU)
     # -- GRPO
     steps: int = 10
     num_generations: int = 4
@@ -77,7 +85,11 @@ class TrainConfig:
     use_vllm: bool = False                       # rollouts through TRL's vLLM engine (GPU only, colocate mode)
     vllm_mode: str = "colocate"
     vllm_gpu_memory_utilization: float = 0.3
-    publish: bool = True                         # point <data home>/checkpoints/latest at the result
+    publish: bool | str = True                   # point <data home>/checkpoints/latest at the result when the gate
+                                                 # finds it not worse than the policy served now; "force": always
+    gate_questions: int = 4                      # the gate's dev slice: this many XQuAD dev questions per language
+    gate_tolerance: float = 0.0                  # how much lower F1 / format-valid rate may be and still publish
+    gate_backend: str | None = None              # backend of the gate's eval (default: vllm when installed)
 
     # ---------------------------------------------------------------- derived paths
     @property
@@ -109,6 +121,10 @@ class TrainConfig:
         unknown = set(self.reward_weights) - {"answer", "format", "language"}
         if unknown:
             problems.append(f"unknown reward weights {sorted(unknown)}; use answer, format, language")
+        if self.publish not in (True, False, "force"):
+            problems.append(f"publish must be true, false or force, not {self.publish!r}")
+        if self.lora_r < 0 or self.lora_layers < 0:
+            problems.append("lora_r and lora_layers must be >= 0")
         if self.group_languages < 1:
             problems.append("group_languages must be at least 1")
         if problems:

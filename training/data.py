@@ -82,12 +82,16 @@ def tydiqa_examples(langs=None, collection: str = "tydiqa-goldp", data_dir=None)
 
 def load_examples(cfg, n: int | None = None, data_dir=None) -> list[Example]:
     """The run's examples, shuffled with its seed: XQuAD train rows, plus TyDi rows at
-    `cfg.tydiqa_share` of the total when that is above zero."""
+    `cfg.tydiqa_share` of the total when that is above zero. `n` 0: every XQuAD train row
+    and, when `tydiqa_share` is above zero, every TyDi train row."""
     rng = random.Random(f"{cfg.seed}/examples")
     xquad = xquad_examples(cfg.languages, cfg.collection, data_dir)
     rng.shuffle(xquad)
     examples = xquad
-    if cfg.tydiqa_share > 0:
+    if n == 0:
+        examples = xquad + (tydiqa_examples(None, cfg.tydiqa_collection, data_dir) if cfg.tydiqa_share > 0 else [])
+        rng.shuffle(examples)
+    elif cfg.tydiqa_share > 0:
         tydi = tydiqa_examples(None, cfg.tydiqa_collection, data_dir)
         rng.shuffle(tydi)
         total = n or len(xquad)

