@@ -26,7 +26,7 @@ def test_bad_questions_get_a_clear_message_and_never_reach_the_model(question, m
 
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown method"):
-        Agent(None, None, Settings(), method="oracle")
+        Agent(None, None, Settings(), method="psychic")
 
 
 # ---------------------------------------------------------------- real models

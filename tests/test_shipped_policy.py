@@ -26,6 +26,8 @@ def test_a_tampered_or_incomplete_artifact_is_refused_by_name(tmp_path):
     (copy / "adapter_model.safetensors").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="adapter_model.safetensors does not match its sha256"):
         verify_artifact(copy)
+    shutil.copy(shipped_policy_artifact() / "adapter_model.safetensors", copy)
+    assert len(verify_artifact(copy)) == 64
     (copy / "adapter_config.json").unlink()
     with pytest.raises(ArtifactError, match="adapter_config.json is missing"):
         verify_artifact(copy)

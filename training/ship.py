@@ -16,7 +16,9 @@ from pathlib import Path
 
 from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS, _sha256
 from crosearch_agent.eval import git_commit
+from crosearch_agent.policy import BUNDLED_POLICY
 from training.config import load_config, parse_overrides
+from training.report import portable
 
 FILES = ("adapter_model.safetensors", "adapter_config.json", "training.json")
 MAX_BYTES = 48 * 2**20
@@ -36,7 +38,8 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
         f"({info.get('steps')} optimizer steps).",
         f"- LoRA r {lora.get('r')}, alpha {lora.get('alpha')}, on all linear layers of the top {lora.get('layers')} "
         f"decoder layers; loss {info.get('loss_first')} -> {info.get('loss_last')}; "
-        f"{info.get('train_seconds')} s of training on {info.get('device')}.",
+        f"{info.get('train_seconds')} s of training on {info.get('device')} "
+        f"({info['train_seconds'] / max(info.get('rows_trained') or 1, 1):.1f} s per row).",
         f"- Agent options it was trained with (served with them): `{json.dumps(info.get('agent'))}`.",
         f"- Reproduce: `python -m training.sft --config {config_name}` then "
         f"`python -m training.ship --config {config_name}`.",
@@ -61,9 +64,13 @@ def ship(config: str, overrides: dict | None = None, eval_dir: str | None = None
     dest = root / name
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for f in FILES:
-        shutil.copy(adapter / f, dest / f)
-    info = json.loads((dest / "training.json").read_text())
+    shutil.copy(adapter / FILES[0], dest / FILES[0])
+    # The notes name this machine's folders; the shipped copy names them by role.
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = BUNDLED_POLICY
+    info = portable(json.loads((adapter / "training.json").read_text()))
+    for f, data in (("adapter_config.json", adapter_config), ("training.json", info)):
+        (dest / f).write_text(json.dumps(data, indent=2) + "\n")
     eval_md = (Path(eval_dir) / "results.md").read_text() if eval_dir else None
     (dest / "README.md").write_text(model_card(name, info, config, eval_md))
     (dest / SUMS).write_text("".join(f"{_sha256(dest / f)}  {f}\n" for f in (*FILES, "README.md")))
