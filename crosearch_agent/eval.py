@@ -361,6 +361,8 @@ def main(argv=None) -> int:
     if args.task == "retrieval" and args.dataset != "xquad":
         parser.error("--task retrieval uses XQuAD's parallel paragraphs; use --dataset xquad")
     default_methods = QA_METHODS if args.task == "qa" else RETRIEVAL_METHODS
+    if args.dataset != "xquad":  # the oracle needs XQuAD's parallel paragraphs
+        default_methods = [m for m in default_methods if m != "oracle"]
     methods = args.methods.split(",") if args.methods else list(default_methods)
     out = Path(args.out or data_home() / "eval" / f"{args.task}-{settings.collection.replace(':', '-')}-{args.split}")
     out.mkdir(parents=True, exist_ok=True)
