@@ -114,7 +114,7 @@ def trained_agent_options(policy: str | None = None) -> dict:
     if policy == BUNDLED_POLICY:
         return {}
     try:
-        folder = Path(resolve_policy(policy)) if policy is None or policy.startswith(SHIPPED_PREFIX) else Path(policy).expanduser()
+        folder = Path(resolve_policy(policy))  # a hub id gives a path without notes: {}
     except Exception:  # the options are a courtesy: a policy that cannot load fails later, clearly
         return {}
     try:

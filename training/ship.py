@@ -14,9 +14,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS, _sha256
+from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS
 from crosearch_agent.eval import git_commit
 from crosearch_agent.policy import BUNDLED_POLICY
+from crosearch_agent.store import sha256_file
 from training.config import load_config, parse_overrides
 from training.report import portable
 
@@ -73,7 +74,7 @@ def ship(config: str, overrides: dict | None = None, eval_dir: str | None = None
         (dest / f).write_text(json.dumps(data, indent=2) + "\n")
     eval_md = (Path(eval_dir) / "results.md").read_text() if eval_dir else None
     (dest / "README.md").write_text(model_card(name, info, config, eval_md))
-    (dest / SUMS).write_text("".join(f"{_sha256(dest / f)}  {f}\n" for f in (*FILES, "README.md")))
+    (dest / SUMS).write_text("".join(f"{sha256_file(dest / f)}  {f}\n" for f in (*FILES, "README.md")))
     return dest
 
 
