@@ -208,8 +208,8 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow  # importing TRL's GRPO trainer (it probes vLLM) takes ~10 s of CPU
 def test_grpo_scores_only_policy_tokens_and_matches_trl_there(tmp_path, monkeypatch):
-    """The loss's log-probabilities skip retrieved tokens (env_mask 0) and equal TRL's own on
-    the policy's tokens (a tiny random Gemma 3: this checks the masking, not the model)."""
+    """The loss's log-probabilities skip retrieved tokens (env_mask 0) and equal TRL's own
+    (temperature included) on the policy's tokens (a tiny random Gemma 3: this checks the masking, not the model)."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
@@ -224,7 +224,7 @@ def test_grpo_scores_only_policy_tokens_and_matches_trl_there(tmp_path, monkeypa
     model = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                                                head_dim=16))
-    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, num_generations=2,
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, num_generations=2, temperature=0.7,
                       per_device_train_batch_size=2, report_to="none", max_steps=1)
     trainer = make_trainer_class(on_cpu=True)(
         model=model, reward_funcs=[lambda prompts, completions, **_: [0.0] * len(prompts)], args=args,
@@ -235,8 +235,12 @@ def test_grpo_scores_only_policy_tokens_and_matches_trl_there(tmp_path, monkeypa
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[0, 3:8] = 0
     mask[1, 5:] = 0
-    full, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attention, 12)
+    full, full_entropy, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attention, 12,
+                                                                       compute_entropy=True)
     trainer.score_mask = mask
     part, entropy, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attention, 12, compute_entropy=True)
-    assert torch.equal(part[mask == 1], full[mask == 1])
-    assert not part[mask == 0].any() and entropy.shape == part.shape
+    assert torch.allclose(part[mask == 1], full[mask == 1], atol=1e-5)
+    assert torch.allclose(entropy[mask == 1], full_entropy[mask == 1], atol=1e-4)
+    assert not part[mask == 0].any() and not entropy[mask == 0].any()
+    part.sum().backward()  # the loss's gradient reaches the model through the scored positions
+    assert trainer.model.lm_head.weight.grad is not None

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from training.config import load_config
-from training.sft import IGNORE, labelled_loss, load_trainable
+from training.head import IGNORE, labelled_loss
+from training.sft import load_trainable
 
 
 @pytest.fixture(scope="module")

@@ -81,15 +81,17 @@ def make_trainer_class(on_cpu: bool):
     tokens only.
 
     TRL scores every completion token and masks the loss afterwards; here ~90% of a
-    completion is retrieved text (env_mask 0), so those positions get label -100 and TRL's
-    fused LM head skips them (it already does on GPUs; on CPU it is told to). The mask
-    comes from the batch (`tool_mask`) in the loss, and from the rollout for the old/reference
-    log-probabilities computed right after generation.
+    completion is retrieved text (env_mask 0), so only the policy's own tokens go through
+    the LM head (`training.head.scored_logps`, the warm-up's fast path). The mask comes from
+    the batch (`tool_mask`) in the loss, and from the rollout for the old/reference
+    log-probabilities computed right after generation. Without a mask (or for what this
+    path does not cover) TRL's own fused head runs, told on CPU to skip unlabelled positions.
     """
     import torch
     from trl import GRPOTrainer
 
     from training.checkpoints import AtomicCheckpoints
+    from training.head import scored_logps
 
     if on_cpu:
         from training.config import score_labelled_positions_only
@@ -125,15 +127,14 @@ def make_trainer_class(on_cpu: bool):
             logps, entropies = [], []
             for start in range(0, input_ids.size(0), batch_size):
                 ids, att = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
-                labels = ids.masked_fill(att == 0, -100)
-                labels[:, :-logits_to_keep] = -100
-                tail = labels[:, -logits_to_keep:]
-                labels[:, -logits_to_keep:] = tail.masked_fill(mask[start:start + batch_size].to(tail.device) == 0, -100)
+                scored = att.bool().clone()
+                scored[:, :-logits_to_keep] = False
+                scored[:, -logits_to_keep:] &= mask[start:start + batch_size].to(ids.device).bool()
                 with self.accelerator.autocast():
-                    out = model(input_ids=ids, attention_mask=att, labels=labels, fused_lm_head=True)
-                logps.append(out.log_probs[:, -logits_to_keep:])
+                    lp, ent = scored_logps(model, ids, att, scored, self.temperature, compute_entropy)
+                logps.append(lp[:, -logits_to_keep:])
                 if compute_entropy:
-                    entropies.append(out.entropy[:, -logits_to_keep:])
+                    entropies.append(ent[:, -logits_to_keep:])
             return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     return Trainer
@@ -229,8 +230,10 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
             "first_step": rows[0] if rows else None, "last_step": rows[-1] if rows else None}
     state = trainer.accelerator.get_state_dict(trainer.model)  # gathers ZeRO-3 shards (every process takes part)
     if trainer.accelerator.is_main_process:
-        checkpoints.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, cfg.policy_dir, info,
-                                source=policy, state_dict=state)
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        if hasattr(trained, "merge_and_unload"):  # a LoRA run: the served policy is the merged model
+            trained, state = trained.merge_and_unload(), None
+        checkpoints.save_policy(trained, tokenizer, cfg.policy_dir, info, source=policy, state_dict=state)
         publish_if_not_worse(cfg, cfg.policy_dir, log)
     trainer.accelerator.wait_for_everyone()
     log(f"GRPO done: {trainer.state.global_step} steps in {time.perf_counter() - t0:.0f} s; log {run_dir / 'log.csv'}")
