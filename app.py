@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from crosearch_agent.agent import MAX_QUESTION_CHARS, Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep
 from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, data_dir
 from crosearch_agent.languages import NAMES, XQUAD_LANGS, detect
-from crosearch_agent.policy import (BACKENDS, BUNDLED_POLICY, SHIPPED_PREFIX, PolicyError, default_backend,
+from crosearch_agent.policy import (BACKENDS, BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, PolicyError, default_backend,
                                     describe_policy, latest_checkpoint)
 
 import app_views as views
@@ -373,6 +373,8 @@ def policy_choices() -> list[tuple[str, str]]:
     if shipped_policy_artifact() is not None:
         choices.append((f"shipped trained policy ({SHIPPED_POLICY})", SHIPPED_PREFIX + SHIPPED_POLICY))
     choices.append(("raw bundled Gemma 3 270M (untrained)", BUNDLED_POLICY))
+    choices.append(("bundled Qwen2.5-Coder 1.5B (untrained, reads better, ~4x slower; 1.1 GB fetched on first use)",
+                    QWEN_POLICY))
     if (ckpt := latest_checkpoint()) is not None:
         choices.append((f"newest checkpoint: {ckpt.name}", str(ckpt)))
     return choices

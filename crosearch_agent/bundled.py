@@ -285,17 +285,13 @@ def _gguf_package():
     return package
 
 
-def _write_policy(gguf: Path, terms: Path, folder: Path) -> None:
+def dequantised_gguf(gguf: Path):
+    """(model, tokenizer) from a GGUF file: the weights dequantised into a plain float32
+    transformers model that `save_pretrained` accepts."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tokenizers import processors
-
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # The GGUF tokenizer does not prepend <bos>, without which Gemma produces nonsense.
-    bos = tokenizer.bos_token
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)])
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses GGUF-loaded models, so rebuild a plain model from the config
     # (without its quantization_config) and move the dequantised weights into it.
@@ -305,6 +301,18 @@ def _write_policy(gguf: Path, terms: Path, folder: Path) -> None:
     model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict())
     model.tie_weights()
+    return model, tokenizer
+
+
+def _write_policy(gguf: Path, terms: Path, folder: Path) -> None:
+    import torch
+    from tokenizers import processors
+
+    model, tokenizer = dequantised_gguf(gguf)
+    # The GGUF tokenizer does not prepend <bos>, without which Gemma produces nonsense.
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)])
     model.to(torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
     shutil.copy(terms, folder / "GEMMA_TERMS.html")

@@ -24,6 +24,7 @@ from crosearch_agent.config import data_home, models_home
 
 BACKENDS = ("vllm", "openai", "transformers")
 BUNDLED_POLICY = "bundled:gemma-3-270m"          # the raw base model, always
+QWEN_POLICY = "bundled:qwen2.5-coder-1.5b"         # the optional second bundled policy (untrained)
 SHIPPED_PREFIX = "shipped:"                        # e.g. shipped:crosearch-reader-270m (policies/<name>)
 
 
@@ -67,11 +68,16 @@ def latest_checkpoint(home: Path | None = None) -> Path | None:
 def resolve_policy(name: str | None = None) -> str:
     """A model folder or hub id for `name`; None is the default policy: the user's own newest
     checkpoint (`checkpoints/latest`), else the trained policy this repository ships
-    (`policies/`), else the raw bundled base. `bundled:gemma-3-270m` is always the raw base."""
+    (`policies/`), else the raw bundled base. `bundled:gemma-3-270m` is always the raw base;
+    `bundled:qwen2.5-coder-1.5b` the larger untrained reader (fetched on first use)."""
     if name == BUNDLED_POLICY:
         from crosearch_agent.bundled import materialise_policy
 
         return str(materialise_policy())
+    if name == QWEN_POLICY:
+        from crosearch_agent.bundled_qwen import materialise_qwen
+
+        return str(materialise_qwen())
     if name and name.startswith(SHIPPED_PREFIX):
         from crosearch_agent.bundled import materialise_shipped_policy
 
@@ -96,6 +102,7 @@ def describe_policy(folder: str | Path) -> str:
     """Which policy a folder is, in words, for status lines: the user's newest checkpoint, the
     shipped trained policy, the raw base, or another folder / hub id."""
     from crosearch_agent.bundled import POLICY_DIR, SHIPPED_POLICY
+    from crosearch_agent.bundled_qwen import QWEN_DIR
 
     path = Path(str(folder))
     if (ckpt := latest_checkpoint()) is not None and path.resolve() == ckpt:
@@ -104,6 +111,8 @@ def describe_policy(folder: str | Path) -> str:
         return f"the shipped trained policy {SHIPPED_POLICY}"
     if path.name == POLICY_DIR and path.parent.resolve() == models_home():
         return "the raw bundled base Gemma 3 270M (untrained)"
+    if path.name == QWEN_DIR and path.parent.resolve() == models_home():
+        return "the bundled Qwen2.5-Coder-1.5B-Instruct (untrained)"
     return str(folder)
 
 
@@ -111,7 +120,7 @@ def trained_agent_options(policy: str | None = None) -> dict:
     """The agent options a policy folder was trained with (its `training.json`, written by
     `python -m training.grpo` / `training.sft`); {} for any other policy. `None` reads the
     default policy's (see `resolve_policy`)."""
-    if policy == BUNDLED_POLICY:
+    if policy in (BUNDLED_POLICY, QWEN_POLICY):
         return {}
     try:
         folder = Path(resolve_policy(policy))  # a hub id gives a path without notes: {}
