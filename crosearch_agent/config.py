@@ -39,6 +39,19 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     return shared.resolve() if shared.is_dir() else None
 
 
+def language_codes(text: str) -> list[str]:
+    """One `--languages` argument: `de`, or several joined by commas (`de,zh`); an unknown
+    code is refused by name (argparse turns this into a usage error)."""
+    from crosearch_agent.languages import NAMES
+
+    codes = [c.strip().lower() for c in text.split(",") if c.strip()]
+    unknown = [c for c in codes if c not in NAMES]
+    if unknown or not codes:
+        raise argparse.ArgumentTypeError(f"unknown language code {', '.join(map(repr, unknown or [text]))}; "
+                                         f"known: {' '.join(sorted(NAMES))}")
+    return codes
+
+
 def _opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -46,7 +59,7 @@ def _opt(default, help: str, **kw):
 @dataclass
 class Settings:
     collection: str = _opt("xquad-partial", "collection to search; combine with '+', e.g. xquad-partial+wiki-summaries")
-    languages: list[str] | None = _opt(None, "languages to index/search (default: all languages of the collection)", nargs="+")
+    languages: list[str] | None = _opt(None, "languages to index/search, e.g. 'de zh' or 'de,zh' (default: all languages of the collection)", nargs="+", type=language_codes)
     embedder: str = _opt(BUNDLED_EMBEDDER, "sentence-transformers model id or folder (default: the bundled multilingual-e5-small)")
     index_type: str = _opt("flat", "FAISS index: 'flat' (exact inner product) or 'hnsw' (approximate, for large collections)", choices=["flat", "hnsw"])
     k: int = _opt(5, "evidence items returned per search")
@@ -83,6 +96,8 @@ class Settings:
     def from_args(cls, args: argparse.Namespace, argv=None) -> "Settings":
         names = {f.name for f in dataclasses.fields(cls)}
         settings = cls(**{k: v for k, v in vars(args).items() if k in names})
+        if settings.languages and isinstance(settings.languages[0], list):  # --languages de,zh ar
+            settings.languages = list(dict.fromkeys(c for codes in settings.languages for c in codes))
         if "policy" not in vars(args):  # a tool without a policy (the retrieval service)
             return settings
         given = flags_given(sys.argv[1:] if argv is None else argv)

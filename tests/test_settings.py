@@ -44,3 +44,13 @@ def test_a_policy_without_training_notes_changes_nothing(tmp_path):
     assert _settings(["--policy", str(tmp_path / "plain")]) == Settings(policy=str(tmp_path / "plain"))
     assert _settings(["--policy", "Qwen/Qwen2.5-3B-Instruct"]).k == Settings.k
     assert flags_given(["q", "--few-shot", "0", "--max-turns=2"]) == {"few_shot", "max_turns"}
+
+
+def test_languages_are_given_with_spaces_or_commas_and_unknown_codes_are_refused_by_name(capsys):
+    import pytest
+
+    assert _settings(["--policy", "bundled:gemma-3-270m", "--languages", "de,zh", "ar"]).languages == ["de", "zh", "ar"]
+    assert _settings(["--policy", "bundled:gemma-3-270m", "--languages", "DE", "de"]).languages == ["de"]
+    with pytest.raises(SystemExit):
+        _settings(["--languages", "de,xx,zh"])
+    assert "unknown language code 'xx'" in capsys.readouterr().err
