@@ -27,10 +27,11 @@ import time
 from concurrent.futures import Future
 
 from crosearch_agent.agent import MAX_QUESTION_CHARS, Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep
-from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, data_dir
+from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, data_dir, flags_given
 from crosearch_agent.languages import NAMES, XQUAD_LANGS, detect
-from crosearch_agent.policy import (BACKENDS, BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, PolicyError, default_backend,
-                                    describe_policy, latest_checkpoint)
+from crosearch_agent.policy import (BACKENDS, BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, PolicyError,
+                                    adopt_trained_options, adopted_note, default_backend, describe_policy,
+                                    latest_checkpoint)
 
 import app_views as views
 
@@ -519,7 +520,9 @@ def stop(signum, frame):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    settings = Settings.from_args(args, argv)
+    settings = Settings.from_args(args)
+    if applied := adopt_trained_options(settings, exclude=flags_given(argv)):
+        print(f"[crosearch] {adopted_note(applied)}", file=sys.stderr)
     engine = Engine(settings)
     demo = build_ui(engine, load_examples())
     # Generation is serialised (and batched) by ServedPolicy; this bounds how many questions

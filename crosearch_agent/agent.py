@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from crosearch_agent import prompts
+from crosearch_agent.evidence import Evidence, Searcher
 from crosearch_agent.languages import NAMES as lang_names, detect, name as lang_name
 from crosearch_agent.policy import PolicyError, Sampling
 
@@ -62,7 +63,7 @@ class SearchStep(Step):
 
 @dataclass
 class EvidenceStep(Step):
-    items: list = field(default_factory=list)   # retriever.Evidence
+    items: list[Evidence] = field(default_factory=list)
     turn: int = 0
 
     @property
@@ -262,7 +263,7 @@ def _plain(text: str) -> str:
 # ---------------------------------------------------------------- the agent
 
 class Agent:
-    def __init__(self, policy, retriever, settings, method: str = "crosearch"):
+    def __init__(self, policy, retriever: Searcher | None, settings, method: str = "crosearch"):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
         self.policy, self.retriever, self.settings, self.method = policy, retriever, settings, method

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from crosearch_agent.config import Settings
+from crosearch_agent.config import Settings, flags_given
+from crosearch_agent.policy import adopt_trained_options, adopted_note
 
 
 def build_agent(settings: Settings, method: str = "crosearch"):
@@ -26,7 +27,9 @@ def main(argv=None) -> int:
                         help="the agent, or one of the evaluation baselines")
     Settings.add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = Settings.from_args(args, argv)
+    settings = Settings.from_args(args)
+    if applied := adopt_trained_options(settings, exclude=flags_given(argv)):
+        print(f"[crosearch] {adopted_note(applied)}", file=sys.stderr)
     from crosearch_agent.agent import describe
     from crosearch_agent.policy import PolicyError, describe_policy
     from crosearch_agent.qa_data import DataNotFound

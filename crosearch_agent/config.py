@@ -93,40 +93,18 @@ class Settings:
             parser.add_argument(flag, dest=f.name, default=f.default, help=f"{help_text} (default: %(default)s)", **meta)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, argv=None) -> "Settings":
+    def from_args(cls, args: argparse.Namespace) -> "Settings":
+        """The settings parsed by `add_arguments` (nothing else is read or changed: serving a
+        trained policy with its options is `policy.adopt_trained_options`, called by the CLIs)."""
         names = {f.name for f in dataclasses.fields(cls)}
         settings = cls(**{k: v for k, v in vars(args).items() if k in names})
         if settings.languages and isinstance(settings.languages[0], list):  # --languages de,zh ar
             settings.languages = list(dict.fromkeys(c for codes in settings.languages for c in codes))
-        if "policy" not in vars(args):  # a tool without a policy (the retrieval service)
-            return settings
-        given = flags_given(sys.argv[1:] if argv is None else argv)
-        applied = settings.adopt_trained_options(exclude=given)
-        if applied:
-            print("[crosearch] serving the policy with the agent options it was trained with: "
-                  + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in applied.items()), file=sys.stderr)
         return settings
 
-    def adopt_trained_options(self, exclude=()) -> dict:
-        """Take the prompt-shaping options (`TRAINED_OPTIONS`) from the policy's training
-        notes, except those in `exclude` (set by the user); returns what changed. A policy
-        trained without worked examples or with shorter turns sees at serving time what it
-        saw in training."""
-        from crosearch_agent.policy import trained_agent_options
 
-        applied = {}
-        for name, value in trained_agent_options(self.policy).items():
-            if name in TRAINED_OPTIONS and name not in exclude and getattr(self, name) != value:
-                setattr(self, name, value)
-                applied[name] = value
-        return applied
-
-
-# What a trained policy's prompts looked like (training.json "agent"); other options (the
-# collection, temperature, backend) stay the caller's.
-TRAINED_OPTIONS = ("k", "max_turns", "max_new_tokens", "few_shot", "force_first_search", "force_global_search")
-
-
-def flags_given(argv) -> set[str]:
-    """Names of the `--flags` on a command line (`--few-shot 0` and `--few-shot=0` -> few_shot)."""
+def flags_given(argv=None) -> set[str]:
+    """Names of the `--flags` on a command line (`--few-shot 0` and `--few-shot=0` -> few_shot);
+    None reads this process's own."""
+    argv = sys.argv[1:] if argv is None else argv
     return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if isinstance(a, str) and a.startswith("--")}

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from crosearch_agent import qa_data
-from crosearch_agent.config import REPO_ROOT, Settings, data_home
+from crosearch_agent.config import REPO_ROOT, Settings, data_home, flags_given
+from crosearch_agent.policy import adopt_trained_options, adopted_note
 from crosearch_agent.store import StoreError, collection_dir, load_collection
 
 RETRIEVAL_METHODS = ("mono", "concat", "aligned")
@@ -188,7 +189,7 @@ def oracle_evidence(questions, local_docs: dict, data_dir=None) -> dict:
     """(question, lang) -> [the gold paragraph as one Evidence item] for XQuAD questions: the
     passage-sized excerpt of the paragraph around that language's gold answer."""
     from crosearch_agent.prompts import excerpt
-    from crosearch_agent.retriever import Evidence, Hit
+    from crosearch_agent.evidence import Evidence, Hit
     from crosearch_agent.store import Passage
 
     xquad: dict[str, tuple[dict, dict]] = {}
@@ -355,7 +356,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <data home>/eval/<task>-<collection>-<split>)")
     Settings.add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = Settings.from_args(args, argv)
+    settings = Settings.from_args(args)
+    if applied := adopt_trained_options(settings, exclude=flags_given(argv)):
+        print(f"[crosearch] {adopted_note(applied)}", file=sys.stderr)
     if args.dataset == "tydiqa-goldp" and settings.collection == Settings.collection:
         settings.collection = "tydiqa-goldp" if args.split == "train" else f"tydiqa-goldp:{args.split}"
     if args.task == "retrieval" and args.dataset != "xquad":

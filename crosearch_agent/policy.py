@@ -116,6 +116,30 @@ def describe_policy(folder: str | Path) -> str:
     return str(folder)
 
 
+# What a trained policy's prompts looked like (training.json "agent"); other options (the
+# collection, temperature, backend) stay the caller's.
+TRAINED_OPTIONS = ("k", "max_turns", "max_new_tokens", "few_shot", "force_first_search", "force_global_search")
+
+
+def adopt_trained_options(settings, exclude=()) -> dict:
+    """Give `settings` the prompt-shaping options (`TRAINED_OPTIONS`) its policy was trained
+    with (its `training.json`), except those in `exclude` (set by the user); returns what
+    changed. A policy trained without worked examples or with shorter turns sees at serving
+    time what it saw in training."""
+    applied = {}
+    for name, value in trained_agent_options(settings.policy).items():
+        if name in TRAINED_OPTIONS and name not in exclude and getattr(settings, name) != value:
+            setattr(settings, name, value)
+            applied[name] = value
+    return applied
+
+
+def adopted_note(applied: dict) -> str:
+    """What `adopt_trained_options` changed, as the command-line flags it amounts to."""
+    return ("serving the policy with the agent options it was trained with: "
+            + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in applied.items()))
+
+
 def trained_agent_options(policy: str | None = None) -> dict:
     """The agent options a policy folder was trained with (its `training.json`, written by
     `python -m training.grpo` / `training.sft`); {} for any other policy. `None` reads the

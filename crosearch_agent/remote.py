@@ -13,7 +13,7 @@ import json
 import threading
 from dataclasses import asdict
 
-from crosearch_agent.retriever import Evidence, Hit
+from crosearch_agent.evidence import Evidence, Hit
 from crosearch_agent.store import Passage, StoreError
 
 DEFAULT_TIMEOUT_S = 60.0

@@ -14,52 +14,10 @@ all of them in one call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from crosearch_agent.evidence import Evidence, Hit
 from crosearch_agent.store import Collection, Passage
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One passage as one language's index returned it."""
-    passage: Passage
-    score: float   # cosine similarity to the query
-    rank: int      # 1-based rank in its language's result list
-    z: float = 0.0 # the cosine standardised within its language's list (how much it stands out)
-
-
-@dataclass
-class Evidence:
-    """One piece of evidence: the same content, found in one or more languages."""
-    rank: int
-    score: float                               # fused (RRF) score
-    members: list[Hit] = field(default_factory=list)  # members[0] is the one shown
-
-    @property
-    def lang(self) -> str:
-        return self.members[0].passage.lang
-
-    @property
-    def languages(self) -> list[str]:
-        return [h.passage.lang for h in self.members]
-
-    @property
-    def passage_ids(self) -> list[str]:
-        return [h.passage.id for h in self.members]
-
-    @property
-    def doc_ids(self) -> set[str]:
-        return {h.passage.doc_id for h in self.members}
-
-    @property
-    def title(self) -> str:
-        return self.members[0].passage.title
-
-    @property
-    def text(self) -> str:
-        return self.members[0].passage.text
 
 
 class _Groups:

@@ -14,7 +14,7 @@ import app_views as views
 from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, ThinkStep
 from crosearch_agent.config import Settings
 from crosearch_agent.policy import Generation, PolicyError, Sampling
-from crosearch_agent.retriever import Evidence, Hit
+from crosearch_agent.evidence import Evidence, Hit
 from crosearch_agent.store import Passage
 
 RAW_TAGS = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>", "</information>")

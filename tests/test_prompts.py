@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from crosearch_agent import prompts, qa_data
 from crosearch_agent.prompts import (Doc, build_prompt, escape_document, final_answer_nudge, force_search_turn,
                                      parse_turn, render_documents, render_information)
-from crosearch_agent.retriever import Evidence, Hit
+from crosearch_agent.evidence import Evidence, Hit
 from crosearch_agent.store import Passage
 
 # ---------------------------------------------------------------- parse_turn: well formed

@@ -16,7 +16,8 @@ import pytest
 
 from crosearch_agent.config import REPO_ROOT, Settings
 from crosearch_agent.remote import RemoteRetriever, RetrievalServiceError, evidence_from_json, evidence_to_json
-from crosearch_agent.retriever import Evidence, Hit, load_retriever
+from crosearch_agent.evidence import Evidence, Hit
+from crosearch_agent.retriever import load_retriever
 from crosearch_agent.store import Passage, StoreError
 
 COLLECTION = "xquad-partial"

@@ -86,3 +86,13 @@ def test_align_groups_only_above_the_threshold_and_never_two_of_one_language():
     # 1-2 is the closest cross-language pair; 0 cannot join it (it already has a "de").
     assert sorted(map(sorted, groups)) == [[0], [1, 2], [3]]
     assert sorted(map(sorted, align(["de", "en", "fr", "es"], v, threshold=0.9999))) == [[0], [1], [2], [3]]
+
+
+def test_the_local_and_remote_retrievers_are_both_searchers_the_agent_can_use(parallel):
+    from crosearch_agent.evidence import Searcher
+    from crosearch_agent.remote import RemoteRetriever
+
+    retriever, _ = parallel
+    assert isinstance(retriever, Searcher)
+    assert all(callable(getattr(RemoteRetriever, name, None)) for name in ("search", "concat"))
+    assert isinstance(RemoteRetriever.languages, property)

@@ -4,6 +4,7 @@ import argparse
 import json
 
 from crosearch_agent.config import Settings, flags_given
+from crosearch_agent.policy import adopt_trained_options, adopted_note
 from training.checkpoints import publish_latest
 
 
@@ -17,19 +18,32 @@ def _policy(folder, agent):
 def _settings(argv):
     parser = argparse.ArgumentParser()
     Settings.add_arguments(parser)
-    return Settings.from_args(parser.parse_args(argv), argv)
+    settings = Settings.from_args(parser.parse_args(argv))
+    adopt_trained_options(settings, exclude=flags_given(argv))
+    return settings
 
 
 TRAINED = {"k": 2, "few_shot": 0, "max_new_tokens": 64, "force_global_search": False,
            "collection": "xquad", "temperature": 1.0}
 
 
-def test_a_trained_policy_gets_its_training_options_unless_the_user_sets_them(tmp_path, capsys):
+def test_a_trained_policy_gets_its_training_options_unless_the_user_sets_them(tmp_path):
     policy = _policy(tmp_path / "p", TRAINED)
     s = _settings(["--policy", str(policy), "--k=4"])
     assert (s.k, s.few_shot, s.max_new_tokens, s.force_global_search) == (4, 0, 64, False)
     assert (s.collection, s.temperature) == ("xquad-partial", 0.0)  # not prompt-shaping: the user's defaults
-    assert "--few-shot 0" in capsys.readouterr().err
+    parsed = Settings(policy=str(policy))
+    applied = adopt_trained_options(parsed, exclude={"k"})
+    assert applied == {"few_shot": 0, "max_new_tokens": 64, "force_global_search": False}
+    assert "--few-shot 0" in adopted_note(applied) and "--k" not in adopted_note(applied)
+
+
+def test_parsing_settings_reads_no_policy():
+    """`from_args` is a pure parser: a policy that does not exist is not opened."""
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    s = Settings.from_args(parser.parse_args(["--policy", "/nowhere/at/all", "--few-shot", "2"]))
+    assert (s.policy, s.few_shot) == ("/nowhere/at/all", 2)
 
 
 def test_the_default_policy_is_the_latest_checkpoint_and_brings_its_options(tmp_path, monkeypatch):

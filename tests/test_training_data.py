@@ -7,7 +7,7 @@ import pytest
 
 from crosearch_agent import qa_data
 from crosearch_agent.languages import XQUAD_LANGS
-from crosearch_agent.retriever import Evidence, Hit
+from crosearch_agent.evidence import Evidence, Hit
 from crosearch_agent.store import Passage
 from training import data
 from training.config import load_config

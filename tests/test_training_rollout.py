@@ -7,7 +7,7 @@ import pytest
 from crosearch_agent import prompts
 from crosearch_agent.agent import Agent
 from crosearch_agent.config import Settings
-from crosearch_agent.retriever import Evidence, Hit
+from crosearch_agent.evidence import Evidence, Hit
 from crosearch_agent.store import Passage
 from training.rollout import ENV, POLICY, TurnRecorder, run_rollouts
 from training.sft import TeacherTurns, find_gold, sft_rows

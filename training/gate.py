@@ -44,9 +44,10 @@ def slice_scores(policy: str, cfg, log=print) -> dict:
     """F1 and format-valid rate of `policy` on the gate's dev slice."""
     from crosearch_agent.config import Settings
     from crosearch_agent.eval import run_qa
+    from crosearch_agent.policy import adopt_trained_options
 
     settings = Settings(collection=cfg.collection, policy=policy, backend=cfg.gate_backend, seed=cfg.seed)
-    settings.adopt_trained_options()
+    adopt_trained_options(settings)
     log(f"gate: scoring {policy} on {cfg.gate_questions} dev questions per language")
     results, _, _ = run_qa(settings, "xquad", "dev", ["crosearch"], cfg.gate_questions)
     overall = results["crosearch"]["overall"]

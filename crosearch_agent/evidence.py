@@ -1,0 +1,70 @@
+"""What a search returns, and what searches: the types the agent, the eval, the app and
+training share, whichever retriever (in-process or a retrieval service) produced them.
+
+A `Hit` is one passage as one language's index ranked it; an `Evidence` item is one piece of
+content found in one or more languages (aligned translations), ranked by fused score. A
+`Searcher` is anything the agent can search: `retriever.Retriever` (the indexes in this
+process) and `remote.RemoteRetriever` (a retrieval service) both are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from crosearch_agent.store import Passage
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One passage as one language's index returned it."""
+    passage: Passage
+    score: float   # cosine similarity to the query
+    rank: int      # 1-based rank in its language's result list
+    z: float = 0.0 # the cosine standardised within its language's list (how much it stands out)
+
+
+@dataclass
+class Evidence:
+    """One piece of evidence: the same content, found in one or more languages."""
+    rank: int
+    score: float                               # fused (RRF) score
+    members: list[Hit] = field(default_factory=list)  # members[0] is the one shown
+
+    @property
+    def lang(self) -> str:
+        return self.members[0].passage.lang
+
+    @property
+    def languages(self) -> list[str]:
+        return [h.passage.lang for h in self.members]
+
+    @property
+    def passage_ids(self) -> list[str]:
+        return [h.passage.id for h in self.members]
+
+    @property
+    def doc_ids(self) -> set[str]:
+        return {h.passage.doc_id for h in self.members}
+
+    @property
+    def title(self) -> str:
+        return self.members[0].passage.title
+
+    @property
+    def text(self) -> str:
+        return self.members[0].passage.text
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    """What the agent needs of a retriever (the eval's oracle answers `search` alone: its
+    one method searches once)."""
+
+    @property
+    def languages(self) -> list[str]: ...
+
+    def search(self, query: str, languages=None, k: int = 5, query_lang: str | None = None) -> list[Evidence]:
+        """Aligned, rank-fused evidence for one query over `languages` (default: all)."""
+
+    def concat(self, query: str, languages=None, k: int = 5) -> list[Evidence]:
+        """The baseline: every language's hits pooled and sorted by raw score, not aligned."""
