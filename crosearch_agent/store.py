@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from crosearch_agent.config import data_home
+from crosearch_agent.folders import write_folder
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -79,12 +79,8 @@ def write_collection(dest: Path, passages: dict[str, list[Passage]], vectors: di
     previous index as it was.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_debris(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+
+    def write(tmp: Path) -> None:
         langs = {}
         for lang in sorted(passages):
             vecs = vectors[lang]
@@ -108,15 +104,12 @@ def write_collection(dest: Path, passages: dict[str, list[Passage]], vectors: di
             **(extra or {}),
         }
         _write_json_synced(tmp / MANIFEST, manifest)
-        _swap_into_place(tmp, dest)
+
+    try:
+        return write_folder(dest, write)
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         message = f"could not write index '{dest.name}': {err.strerror or err}; the previous index is unchanged"
         raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
 
 
 def _write_index(index, path: Path) -> None:
@@ -132,53 +125,11 @@ def _write_index(index, path: Path) -> None:
         raise OSError(f"writing {path.name} failed ({reason})") from err
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_debris(dest: Path) -> None:
-    """Folders a killed writer left beside `dest` (`.NAME.tmp-PID`, `.NAME.old-PID`).
-
-    They are never loaded, but an index can be gigabytes: without this, every killed
-    build would leak its size in disk. Only folders of processes no longer running
-    on this machine are removed.
-    """
-    if not dest.parent.is_dir():
-        return
-    for prefix in (f".{dest.name}.tmp-", f".{dest.name}.old-"):
-        for path in dest.parent.iterdir():
-            pid = path.name[len(prefix):]
-            if path.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
-
-
 def _write_json_synced(path: Path, obj) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, ensure_ascii=False)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    # rename() of a folder is atomic but cannot replace a non-empty one: move the old
-    # folder aside first. In between, loaders see "missing" (and wait), never a mix of old and new.
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    moved = dest.exists()
-    if moved:
-        os.rename(dest, old)
-    try:
-        os.rename(tmp, dest)
-    except OSError:
-        if moved:
-            os.rename(old, dest)  # put the previous index back where loaders look for it
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(folder: Path) -> dict | None:

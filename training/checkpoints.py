@@ -16,6 +16,9 @@ import re
 import shutil
 from pathlib import Path
 
+from crosearch_agent.bundled import copy_licences
+from crosearch_agent.folders import write_folder
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STAGING = ".staging"
 LATEST = "latest"
@@ -24,15 +27,6 @@ INFO = "training.json"
 # the model's: a full model's config or a LoRA adapter's.
 RESUME_FILES = ("trainer_state.json",)
 MODEL_FILES = ("config.json", "adapter_config.json")
-
-
-def replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a finished folder into place, replacing what was there (two renames)."""
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    if dest.exists():
-        os.rename(dest, old)
-    os.rename(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_policy(model, tokenizer, dest: Path, info: dict, source: str | os.PathLike | None = None,
@@ -44,26 +38,17 @@ def save_policy(model, tokenizer, dest: Path, info: dict, source: str | os.PathL
     """
     import torch
 
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def write(tmp: Path) -> None:
         state = {k: v.detach().to(torch.bfloat16) if v.is_floating_point() else v
                  for k, v in (state_dict if state_dict is not None else model.state_dict()).items()}
         model.config.dtype = torch.bfloat16
         model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if source and Path(source).is_dir():
-            for extra in Path(source).iterdir():
-                if extra.suffix == ".html" or extra.name.upper().startswith(("LICENSE", "NOTICE")):
-                    shutil.copy(extra, tmp / extra.name)
+            copy_licences(Path(source), tmp)
         (tmp / INFO).write_text(json.dumps(info, indent=2, default=str))
-        replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+
+    return write_folder(Path(dest), write)
 
 
 def is_policy_dir(path: Path) -> bool:

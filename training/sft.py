@@ -300,13 +300,14 @@ TRAINING_KEYS = ("base_policy", "sft_batch_size", "sft_grad_accum", "sft_learnin
 
 def save_adapter(model, folder: Path, info: dict) -> Path:
     """The LoRA adapter alone (peft's safetensors + config) and its training notes, atomically."""
-    from training.checkpoints import INFO, replace_dir
+    from crosearch_agent.folders import write_folder
+    from training.checkpoints import INFO
 
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / INFO).write_text(json.dumps(info, indent=2, default=str))
-    replace_dir(tmp, folder)
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / INFO).write_text(json.dumps(info, indent=2, default=str))
+
+    write_folder(folder, write)
     return folder
 
 
