@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import Future
 
-from crosearch_agent.agent import MAX_QUESTION_CHARS, Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep
+from crosearch_agent.agent import Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep, question_problem
 from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, data_dir, flags_given
 from crosearch_agent.languages import NAMES, XQUAD_LANGS, detect
 from crosearch_agent.policy import (BACKENDS, BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, PolicyError,
@@ -265,16 +265,6 @@ class Options:
     temperature: float | None = None
 
 
-def input_problem(question: str) -> str | None:
-    """What is wrong with a question before anything is loaded (same words as the agent)."""
-    q = (question or "").strip()
-    if not q:
-        return "Please type a question."
-    if len(q) > MAX_QUESTION_CHARS:
-        return f"The question is {len(q):,} characters long; please keep it under {MAX_QUESTION_CHARS:,}."
-    return None
-
-
 def language_note(question: str, step: LanguageStep, indexed: list[str]) -> str:
     """A remark when the question is in a language without an index here (the agent detects
     it, searches every index and answers in the question's language)."""
@@ -286,7 +276,7 @@ def language_note(question: str, step: LanguageStep, indexed: list[str]) -> str:
 
 def run_question(engine: Engine, question: str, opts: Options):
     """The events of one question: ("wait", stage) while preparing, then ("step", Step, note)."""
-    problem = input_problem(question)
+    problem = question_problem(question)
     if problem:
         yield "step", ErrorStep("error", message=problem), ""
         return

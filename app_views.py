@@ -19,6 +19,7 @@ import gradio as gr
 from crosearch_agent import prompts
 from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, Step, ThinkStep
 from crosearch_agent.languages import CHARACTER_LANGS, name as lang_name
+from crosearch_agent.metrics import normalize
 
 EXCERPT_CHARS = 220          # passage text shown per item inside a chat panel
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~$>])")
@@ -162,13 +163,6 @@ def unique_members(record: dict) -> list[dict]:
     return list(seen.values())
 
 
-def _norm(text: str) -> str:
-    """Casefolded, NFKC, punctuation as spaces, whitespace collapsed (for 'is the answer in there')."""
-    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text or "").casefold())
-    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
-    return " ".join(text.split())
-
-
 def _has_cjk(text: str) -> bool:
     return any(unicodedata.name(ch, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "THAI")) for ch in text)
 
@@ -176,7 +170,7 @@ def _has_cjk(text: str) -> bool:
 def contains_answer(passage: str, answer: str, lang: str = "") -> bool:
     """Whether the normalised answer occurs in the normalised passage (whole words, except in
     scripts written without spaces)."""
-    a, p = _norm(answer), _norm(passage)
+    a, p = normalize(answer, ""), normalize(passage, "")  # casefolded, punctuation as spaces; articles kept
     if not a:
         return False
     if lang in CHARACTER_LANGS or _has_cjk(a):

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -242,14 +241,6 @@ def _versions(names) -> dict:
         else:
             out[name] = None
     return out
-
-
-def git_commit(repo: Path) -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # ---------------------------------------------------------------- the report

@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import BenchResult, RssSampler, git_commit, machine_info, write_report
+from benchmarks.common import BenchResult, RssSampler, machine_info, write_report
 
 BENCHMARKS = ("retrieval", "embedding", "generation", "agent", "training")
 SHARED = ("generation", "agent")  # run in one process: the agent reuses generation's vLLM engine
@@ -132,7 +132,8 @@ def main(argv=None) -> int:
         ctx = {"threads": args.threads, "cache_dir": Path(args.cache) if args.cache else None}
         return run_child(args.child.split(","), args.quick, Path(args.result_file), ctx)
 
-    from crosearch_agent.config import REPO_ROOT, data_home
+    from crosearch_agent.config import data_home
+    from crosearch_agent.eval import git_commit
 
     names = parse_only(args.only)
     date = time.strftime("%Y-%m-%d")
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     cache = None if args.fresh else data_home() / "benchmarks" / "cache"
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick, "benchmarks": names,
-            "threads": args.threads, "machine": machine_info(), "commit": git_commit(REPO_ROOT),
+            "threads": args.threads, "machine": machine_info(), "commit": git_commit(),
             "memory_method": MEMORY_METHOD,
             "command": "python -m benchmarks.run" + (" --quick" if args.quick else "")
                        + (f" --only {','.join(names)}" if args.only else "")}

@@ -30,6 +30,17 @@ ONE_SEARCH = ("mono_rag", "concat_rag", "oracle")  # one retrieval with the ques
 MAX_QUESTION_CHARS = 2000
 
 
+def question_problem(question: str | None) -> str | None:
+    """What is wrong with a question before anything runs (empty, too long), in the words
+    the user sees; None when it can be asked."""
+    q = (question or "").strip()
+    if not q:
+        return "Please type a question."
+    if len(q) > MAX_QUESTION_CHARS:
+        return f"The question is {len(q):,} characters long; please keep it under {MAX_QUESTION_CHARS:,}."
+    return None
+
+
 # ---------------------------------------------------------------- step events
 
 @dataclass
@@ -147,12 +158,9 @@ class _Trajectory:
 
     # -- start
     def start(self) -> None:
-        q = self.question.strip()
-        if not q:
-            return self.fail("Please type a question.")
-        if len(q) > MAX_QUESTION_CHARS:
-            return self.fail(f"The question is {len(q):,} characters long; please keep it under {MAX_QUESTION_CHARS:,}.")
-        self.question = q
+        if problem := question_problem(self.question):
+            return self.fail(problem)
+        q = self.question = self.question.strip()
         t = time.perf_counter()
         languages = self.agent.retriever.languages if self.agent.retriever else [self.lang or "en"]
         det = detect(q, languages, self.agent.settings.detector)

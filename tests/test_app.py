@@ -11,10 +11,10 @@ import pytest
 
 import app
 import app_views as views
-from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, ThinkStep
+from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, ThinkStep, question_problem
 from crosearch_agent.config import Settings
-from crosearch_agent.policy import Generation, PolicyError, Sampling
 from crosearch_agent.evidence import Evidence, Hit
+from crosearch_agent.policy import Generation, PolicyError, Sampling
 from crosearch_agent.store import Passage
 
 RAW_TAGS = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>", "</information>")
@@ -441,8 +441,8 @@ def test_fuzzed_questions_never_crash_and_never_show_raw_tags(engine_down):
                  if kind == "step"]
         last = steps[-1][0]  # the backend is down: every question ends in a clear error
         assert isinstance(last, ErrorStep) and last.message and "Traceback" not in last.message
-        if app.input_problem(question):
-            assert [s for s, _ in steps] == [last] and last.message == app.input_problem(question)
+        if question_problem(question):
+            assert [s for s, _ in steps] == [last] and last.message == question_problem(question)
         for step, note in steps:
             shown = message_text(views.step_message(step, note))
             assert not any(tag in shown for tag in RAW_TAGS), shown
