@@ -46,7 +46,7 @@ def parse_only(value: str | None) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        raise SystemExit(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     return names
 
 
@@ -135,7 +135,10 @@ def main(argv=None) -> int:
     from crosearch_agent.config import data_home
     from crosearch_agent.eval import git_commit
 
-    names = parse_only(args.only)
+    try:
+        names = parse_only(args.only)
+    except ValueError as err:
+        parser.error(str(err))
     date = time.strftime("%Y-%m-%d")
     out = Path(args.out) if args.out else data_home() / "benchmarks" / date
     stem = "results-quick" if args.quick else "results"

@@ -50,7 +50,7 @@ def test_generation_and_agent_share_a_process_and_unknown_names_are_refused():
     assert bench_run.groups(["agent", "retrieval", "generation"]) == [["retrieval"], ["generation", "agent"]]
     assert bench_run.groups(["agent"]) == [["agent"]]
     assert bench_run.parse_only(None) == list(bench_run.BENCHMARKS)
-    with pytest.raises(SystemExit, match="unknown benchmark"):
+    with pytest.raises(ValueError, match="unknown benchmark"):
         bench_run.parse_only("retrieval,speed")
 
 

@@ -24,6 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
+from crosearch_agent.store import StoreError
 from training.config import TrainConfig, device_kind, load_config, parse_overrides, trainer_device_args
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL 1.16
@@ -182,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
         log(f"nothing to resume in {run_dir}: starting from the beginning")
     if not resume and checkpoints.checkpoint_steps(run_dir):
         if not restart:
-            raise SystemExit(f"error: {run_dir} holds checkpoints of an earlier run; "
+            raise ValueError(f"{run_dir} holds checkpoints of an earlier run; "
                              "continue it with --resume or start over with --restart")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -272,7 +273,11 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    train(cfg, resume=args.resume, restart=args.restart)
+    try:
+        train(cfg, resume=args.resume, restart=args.restart)
+    except (ValueError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

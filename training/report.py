@@ -47,7 +47,7 @@ def labelled(items: list[str], what: str) -> list[tuple[str, Path]]:
     for item in items:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
-            raise SystemExit(f"error: --{what} takes LABEL=PATH, not {item!r}")
+            raise ValueError(f"--{what} takes LABEL=PATH, not {item!r}")
         out.append((label, Path(path)))
     return out
 
@@ -60,7 +60,7 @@ def load_evals(evals: list[tuple[str, Path]], method: str) -> tuple[dict, list[s
         path = folder / "results.json" if folder.is_dir() else folder
         data = json.loads(path.read_text(encoding="utf-8"))
         if method not in data["results"]:
-            raise SystemExit(f"error: {path} has no results for method {method!r} (it has {sorted(data['results'])})")
+            raise ValueError(f"{path} has no results for method {method!r} (it has {sorted(data['results'])})")
         results[label], configs[label] = data["results"][method], portable(data["config"])
     first, *rest = configs
     differences = []
@@ -120,6 +120,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.eval and not args.run:
         parser.error("give at least one --eval or --run")
+    try:
+        return report(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def report(args) -> int:
+    """Write report.md, evals.json and the charts for the parsed command line."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = ["# Training report", ""]
@@ -139,7 +148,7 @@ def main(argv=None) -> int:
         for label, folder in labelled(args.run, "run"):
             rows = read_rows(folder / "log.csv")
             if not rows:
-                raise SystemExit(f"error: {folder / 'log.csv'} is missing or empty")
+                raise ValueError(f"{folder / 'log.csv'} is missing or empty")
             runs.append((label, rows))
         parts += ["", "GRPO runs:", "", run_table(runs)]
         plot_runs(runs, out / "grpo_curves.png", "GRPO runs")

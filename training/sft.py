@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from crosearch_agent import languages, prompts
+from crosearch_agent.store import StoreError
 from training.config import TrainConfig, load_config, parse_overrides
 from training.head import IGNORE, labelled_loss
 from training.rollout import POLICY, TurnRecorder, run_rollouts
@@ -393,7 +394,6 @@ def make_agent_factory(cfg: TrainConfig):
     from crosearch_agent.agent import Agent
     from crosearch_agent.embedder import Embedder
     from crosearch_agent.retriever import load_retriever
-    from crosearch_agent.store import StoreError
     from training.config import agent_settings
     from training.data import TrainOnlyRetriever
 
@@ -407,7 +407,7 @@ def make_agent_factory(cfg: TrainConfig):
             try:
                 retriever = load_retriever(settings, embedder[0] if embedder else None)
             except StoreError as err:
-                raise SystemExit(f"error: {err}\n(build it with: python -m indexes.build --collection {collection})")
+                raise StoreError(f"{err}\n(build it with: python -m indexes.build --collection {collection})") from err
             agents[collection] = Agent(None, TrainOnlyRetriever(retriever), settings)
         return agents[collection]
 
@@ -424,7 +424,11 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_warmup(cfg)
+    try:
+        run_warmup(cfg)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps({"warmup": str(cfg.warmup_dir)}))
     return 0
 
