@@ -29,9 +29,9 @@ from concurrent.futures import Future
 from crosearch_agent.agent import Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep, question_problem
 from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, data_dir, flags_given
 from crosearch_agent.languages import NAMES, XQUAD_LANGS, detect
-from crosearch_agent.policy import (BACKENDS, BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, PolicyError,
-                                    adopt_trained_options, adopted_note, default_backend, describe_policy,
-                                    latest_checkpoint)
+from crosearch_agent.policy import BACKENDS, PolicyError, default_backend
+from crosearch_agent.policy_folders import (BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, adopt_trained_options,
+                                            adopted_note, describe_policy, latest_checkpoint)
 
 import app_views as views
 

@@ -106,7 +106,8 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     import crosearch_agent.retriever as retriever_mod
     from crosearch_agent.agent import Agent
     from crosearch_agent.config import Settings
-    from crosearch_agent.policy import TransformersPolicy, resolve_policy
+    from crosearch_agent.policy_folders import resolve_policy
+    from crosearch_agent.policy import TransformersPolicy
     from crosearch_agent.retriever import load_retriever
 
     ctx = ctx if ctx is not None else {}

@@ -67,7 +67,8 @@ def start_vllm(model: str, ctx: dict):
 def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     import torch
 
-    from crosearch_agent.policy import TransformersPolicy, fast_dtype, resolve_policy, vllm_available
+    from crosearch_agent.policy_folders import resolve_policy
+    from crosearch_agent.policy import TransformersPolicy, fast_dtype, vllm_available
 
     ctx = ctx if ctx is not None else {}
     threads = ctx.get("threads", 1)

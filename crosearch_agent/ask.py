@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from crosearch_agent.config import Settings, flags_given
-from crosearch_agent.policy import adopt_trained_options, adopted_note
+from crosearch_agent.policy_folders import adopt_trained_options, adopted_note
 
 
 def build_agent(settings: Settings, method: str = "crosearch"):
@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     if applied := adopt_trained_options(settings, exclude=flags_given(argv)):
         print(f"[crosearch] {adopted_note(applied)}", file=sys.stderr)
     from crosearch_agent.agent import describe
-    from crosearch_agent.policy import PolicyError, describe_policy
+    from crosearch_agent.policy_folders import describe_policy
+    from crosearch_agent.policy import PolicyError
     from crosearch_agent.qa_data import DataNotFound
     from crosearch_agent.store import StoreError
 

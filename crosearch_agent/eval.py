@@ -26,7 +26,7 @@ import numpy as np
 
 from crosearch_agent import qa_data
 from crosearch_agent.config import REPO_ROOT, Settings, data_home, flags_given
-from crosearch_agent.policy import adopt_trained_options, adopted_note
+from crosearch_agent.policy_folders import adopt_trained_options, adopted_note
 from crosearch_agent.store import StoreError, collection_dir, load_collection
 
 RETRIEVAL_METHODS = ("mono", "concat", "aligned")

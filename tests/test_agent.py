@@ -57,7 +57,8 @@ def home(tmp_path_factory, shared_data):
 
 @pytest.fixture(scope="module")
 def policy():
-    from crosearch_agent.policy import TransformersPolicy, resolve_policy
+    from crosearch_agent.policy_folders import resolve_policy
+    from crosearch_agent.policy import TransformersPolicy
 
     return TransformersPolicy(resolve_policy("bundled:gemma-3-270m"))
 

@@ -74,7 +74,7 @@ def test_the_materialised_qwen_folder_loads_with_its_licence():
     from crosearch_agent.bundled import STAMP
     from crosearch_agent.bundled_qwen import QWEN_DIR, materialise_qwen
     from crosearch_agent.config import models_home
-    from crosearch_agent.policy import QWEN_POLICY, describe_policy, resolve_policy
+    from crosearch_agent.policy_folders import QWEN_POLICY, describe_policy, resolve_policy
 
     if not (models_home() / QWEN_DIR / STAMP).is_file():
         pytest.skip("not materialised here (a 1.1 GB download): python -m crosearch_agent.bundled_qwen")

@@ -32,7 +32,7 @@ DTYPE = "float32"
 
 @pytest.fixture(scope="module")
 def model():
-    from crosearch_agent.policy import resolve_policy
+    from crosearch_agent.policy_folders import resolve_policy
 
     return resolve_policy("bundled:gemma-3-270m")
 

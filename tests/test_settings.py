@@ -4,8 +4,8 @@ import argparse
 import json
 
 from crosearch_agent.config import Settings, flags_given
-from crosearch_agent.policy import adopt_trained_options, adopted_note
-from training.checkpoints import publish_latest
+from crosearch_agent.policy_folders import adopt_trained_options, adopted_note
+from crosearch_agent.policy_folders import publish_latest
 
 
 def _policy(folder, agent):

@@ -45,7 +45,8 @@ def test_setup_merges_it_and_it_is_the_default_policy_with_its_training_options(
     import torch
     from safetensors.torch import load_file
 
-    from crosearch_agent.policy import default_policy, describe_policy, resolve_policy, trained_agent_options
+    from crosearch_agent.policy_folders import (default_policy, describe_policy, resolve_policy,
+                                                trained_agent_options)
 
     merged = bundled.materialise_shipped_policy()
     base = bundled.materialise_policy()

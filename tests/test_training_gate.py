@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from crosearch_agent.policy import latest_checkpoint
+from crosearch_agent.policy_folders import latest_checkpoint
 from training.config import load_config
 from training.gate import decide
 
@@ -46,7 +46,7 @@ def test_the_gate_decides_what_becomes_latest(tmp_path, monkeypatch):
     scores = {"good": {"f1": 0.5, "valid": 1.0, "n": 12}, "bad": {"f1": 0.0, "valid": 0.0, "n": 12}}
     monkeypatch.setattr("training.gate.slice_scores", lambda policy, cfg, log: scores[json.loads(
         open(f"{policy}/config.json").read())["marker"]])
-    monkeypatch.setattr("crosearch_agent.policy.default_policy", lambda: latest_checkpoint() or good)
+    monkeypatch.setattr("crosearch_agent.policy_folders.default_policy", lambda: latest_checkpoint() or good)
 
     assert publish_if_not_worse(cfg, good, log=lambda *_: None)
     assert latest_checkpoint() == good.resolve()

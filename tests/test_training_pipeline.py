@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from crosearch_agent import policy_folders
 from crosearch_agent.config import REPO_ROOT, data_home
-from crosearch_agent.policy import latest_checkpoint
+from crosearch_agent.policy_folders import latest_checkpoint
 from training import checkpoints
 from training.config import CONFIG_DIR, load_config, parse_overrides
 
@@ -66,16 +67,16 @@ def test_publishing_swaps_the_latest_link_atomically(tmp_path, monkeypatch):
     ckpts = tmp_path / "checkpoints"
     first = _fake_policy(ckpts / "a" / "policy", "a")
     second = _fake_policy(ckpts / "b" / "policy", "b")
-    checkpoints.publish_latest(first, ckpts)
+    policy_folders.publish_latest(first, ckpts)
     assert latest_checkpoint() == first.resolve()
-    checkpoints.publish_latest(second, ckpts)
+    policy_folders.publish_latest(second, ckpts)
     assert latest_checkpoint() == second.resolve()
     assert os.readlink(ckpts / "latest") == os.path.join("b", "policy")  # relative: the home can move
     assert sorted(p.name for p in ckpts.iterdir()) == ["a", "b", "latest"]  # no temporary link left
     (ckpts / "latest").unlink()
     (ckpts / "latest").mkdir()
     with pytest.raises(RuntimeError, match="real folder"):
-        checkpoints.publish_latest(first, ckpts)
+        policy_folders.publish_latest(first, ckpts)
 
 
 def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
@@ -103,9 +104,9 @@ def test_save_policy_replaces_a_folder_in_one_step(tmp_path):
                                               head_dim=8))
     dest = tmp_path / "policy"
     _fake_policy(dest, "old")
-    checkpoints.save_policy(tiny, tok, dest, {"kind": "test"}, source=materialise_policy())
+    policy_folders.save_policy(tiny, tok, dest, {"kind": "test"}, source=materialise_policy())
     assert json.loads((dest / "training.json").read_text()) == {"kind": "test"}
-    assert (dest / "GEMMA_TERMS.html").exists() and checkpoints.is_policy_dir(dest)
+    assert (dest / "GEMMA_TERMS.html").exists() and policy_folders.is_policy_dir(dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # no temporary or old folder left
     from safetensors import safe_open
 
@@ -163,7 +164,7 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert saved, log_path.read_text()[-3000:]
-    assert checkpoints.is_policy_dir(home / "checkpoints" / "cpu-smoke" / "warmup")
+    assert policy_folders.is_policy_dir(home / "checkpoints" / "cpu-smoke" / "warmup")
     warmup = json.loads((home / "checkpoints" / "cpu-smoke" / "warmup" / "training.json").read_text())
     assert warmup["kind"] == "warmup" and warmup["data"]["rows"] > 0 and warmup["loss_last"] is not None
     assert latest_checkpoint(home) is None  # nothing published by an interrupted run
@@ -188,7 +189,7 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
     assert latest_checkpoint(home) == (policy_dir.resolve() if decision["publish"] else None)
     if not decision["publish"]:  # a two-step smoke run rarely beats the shipped policy; publish it by hand
         assert "not published: worse than the policy it would replace" in done.stdout
-        checkpoints.publish_latest(policy_dir, home / "checkpoints")
+        policy_folders.publish_latest(policy_dir, home / "checkpoints")
     info = json.loads((policy_dir / "training.json").read_text())
     assert info["kind"] == "grpo" and info["steps"] == 2
     print("\n" + (run_dir / "log.csv").read_text())  # seconds per step and peak RSS, for the record

@@ -44,7 +44,7 @@ def slice_scores(policy: str, cfg, log=print) -> dict:
     """F1 and format-valid rate of `policy` on the gate's dev slice."""
     from crosearch_agent.config import Settings
     from crosearch_agent.eval import run_qa
-    from crosearch_agent.policy import adopt_trained_options
+    from crosearch_agent.policy_folders import adopt_trained_options
 
     settings = Settings(collection=cfg.collection, policy=policy, backend=cfg.gate_backend, seed=cfg.seed)
     adopt_trained_options(settings)
@@ -61,7 +61,7 @@ def _cache_key(policy: Path, cfg) -> str:
 
 def incumbent_scores(cfg, log=print, scorer=None) -> tuple[str, dict]:
     """The policy served by default now and its slice scores (cached in `<data home>/gate`)."""
-    from crosearch_agent.policy import default_policy
+    from crosearch_agent.policy_folders import default_policy
 
     scorer = scorer or slice_scores
     policy = default_policy().resolve()

@@ -32,8 +32,8 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experi
 
 def start_policy(cfg: TrainConfig, log=print) -> str:
     """GRPO's starting point: `policy` if given, else the run's warm-up (made now if missing)."""
-    from crosearch_agent.policy import resolve_policy
-    from training.checkpoints import is_policy_dir
+    from crosearch_agent.policy_folders import resolve_policy
+    from crosearch_agent.policy_folders import is_policy_dir
 
     if cfg.policy:
         return resolve_policy(cfg.policy)
@@ -171,6 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     from datasets import Dataset
     from transformers import AutoTokenizer
 
+    from crosearch_agent import policy_folders
     from training import checkpoints, data, rewards
     from training.logs import StepLogger
     from training.rollout import RolloutStats, make_rollout_func
@@ -234,7 +235,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
         trained = trainer.accelerator.unwrap_model(trainer.model)
         if hasattr(trained, "merge_and_unload"):  # a LoRA run: the served policy is the merged model
             trained, state = trained.merge_and_unload(), None
-        checkpoints.save_policy(trained, tokenizer, cfg.policy_dir, info, source=policy, state_dict=state)
+        policy_folders.save_policy(trained, tokenizer, cfg.policy_dir, info, source=policy, state_dict=state)
         publish_if_not_worse(cfg, cfg.policy_dir, log)
     trainer.accelerator.wait_for_everyone()
     log(f"GRPO done: {trainer.state.global_step} steps in {time.perf_counter() - t0:.0f} s; log {run_dir / 'log.csv'}")
@@ -244,7 +245,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
 def publish_if_not_worse(cfg: TrainConfig, policy_dir: Path, log=print) -> bool:
     """Publish `policy_dir` as `latest` when the gate (training.gate) lets it; its decision is
     written beside the policy (`gate.json`)."""
-    from training import checkpoints
+    from crosearch_agent import policy_folders
     from training.gate import gate
 
     if cfg.publish is False:
@@ -255,7 +256,7 @@ def publish_if_not_worse(cfg: TrainConfig, policy_dir: Path, log=print) -> bool:
     if not decision.publish:
         log(f"not published: {decision.reason}; the policy stays in {policy_dir} (--publish force publishes it)")
         return False
-    link = checkpoints.publish_latest(policy_dir, cfg.checkpoints)
+    link = policy_folders.publish_latest(policy_dir, cfg.checkpoints)
     log(f"published {policy_dir} as {link}")
     return True
 

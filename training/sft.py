@@ -235,8 +235,9 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     from trl import SFTConfig
 
     from crosearch_agent.eval import git_commit
-    from crosearch_agent.policy import resolve_policy
-    from training.checkpoints import resume_point, save_policy
+    from crosearch_agent.policy_folders import resolve_policy
+    from crosearch_agent.policy_folders import save_policy
+    from training.checkpoints import resume_point
     from training.config import device_kind, trainer_device_args
 
     t0 = time.perf_counter()
@@ -302,7 +303,7 @@ TRAINING_KEYS = ("base_policy", "sft_batch_size", "sft_grad_accum", "sft_learnin
 def save_adapter(model, folder: Path, info: dict) -> Path:
     """The LoRA adapter alone (peft's safetensors + config) and its training notes, atomically."""
     from crosearch_agent.folders import write_folder
-    from training.checkpoints import INFO
+    from crosearch_agent.policy_folders import INFO
 
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS
 from crosearch_agent.eval import git_commit
-from crosearch_agent.policy import BUNDLED_POLICY
+from crosearch_agent.policy_folders import BUNDLED_POLICY
 from crosearch_agent.store import sha256_file
 from training.config import load_config, parse_overrides
 from training.report import portable
