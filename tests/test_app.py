@@ -206,7 +206,7 @@ def test_a_question_during_preparation_waits_with_the_stage_shown_then_hears_why
     assert events[0] == ("wait", "building the index 'xquad-partial'", "")
     kind, step, _ = events[-1]
     assert kind == "step" and isinstance(step, ErrorStep) and "could not prepare its index: no XQuAD files" in step.message
-    assert "Preparing the models and indexes" in app.Engine(Settings(), log=lambda *_: None).status()
+    assert "Preparing the models and indexes" in app.status_markdown(app.Engine(Settings(), log=lambda *_: None))
 
 
 def test_loading_jobs_run_on_the_thread_that_works_them():
@@ -292,6 +292,21 @@ def test_concurrent_requests_are_batched_into_few_backend_calls_each_getting_its
     assert sum(len(c) for c in backend.calls) == 6 and len(backend.calls) < 6
 
 
+def test_a_swap_waits_for_the_running_call_and_closes_the_old_backend():
+    served, old, new = app.ServedPolicy(), EchoBackend(delay=0.5), EchoBackend(delay=0.0)
+    old.closed = False
+    old.close = lambda: setattr(old, "closed", True)
+    served.swap(old)
+    answer = {}
+    call = threading.Thread(target=lambda: answer.setdefault("a", served.generate(["a"], Sampling())[0].text))
+    call.start()
+    time.sleep(0.1)  # the call is running on the old backend
+    served.swap(new)
+    assert answer == {"a": "A"} and old.closed  # the swap waited for it
+    call.join(5)
+    assert served.generate(["b"], Sampling())[0].text == "B" and new.calls == [["b"]]
+
+
 def test_a_failing_backend_fails_every_waiting_request_with_its_error():
     served = app.ServedPolicy()
     served.swap(EchoBackend(fail=PolicyError("server down")))
@@ -340,7 +355,7 @@ def test_a_backend_failing_mid_turn_gives_a_clear_message_and_the_app_keeps_serv
 def test_a_policy_that_cannot_load_leaves_retrieval_serving_and_says_so(built_index):
     engine = app.Engine(Settings(backend="openai", base_url="http://127.0.0.1:9/v1"), log=lambda *_: None)
     engine.prepare()  # asks the server for its model name: fails
-    assert "no policy loaded" in engine.status()
+    assert "no policy loaded" in app.status_markdown(engine)
     record = app.ask(engine, "Wie oft hat Polonia den Pokal gewonnen?")
     assert "Reload policy" in record["error"] and record["summary"]["passages"] > 0
 
