@@ -132,7 +132,7 @@ def step_json(step: Step) -> dict:
     elif isinstance(step, AnswerStep):
         out.update(text=step.text, lang=step.lang, forced=step.forced)
     elif isinstance(step, ErrorStep):
-        out.update(message=step.message)
+        out.update(message=step.message, cause=step.cause)
     return out
 
 

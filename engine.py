@@ -267,7 +267,7 @@ def run_question(engine: Engine, question: str, opts: Options):
     """The events of one question: ("wait", stage) while preparing, then ("step", Step, note)."""
     problem = question_problem(question)
     if problem:
-        yield "step", ErrorStep("error", message=problem), ""
+        yield "step", ErrorStep("error", message=problem, cause="question"), ""
         return
     deadline = time.monotonic() + PREPARE_WAIT_S
     while not engine.ready.wait(0.5):
@@ -276,7 +276,7 @@ def run_question(engine: Engine, question: str, opts: Options):
             return
         yield "wait", engine.stage, ""
     if engine.error:
-        yield "step", ErrorStep("error", message=f"CroSearch could not prepare its index: {engine.error}"), ""
+        yield "step", ErrorStep("error", message=f"CroSearch could not prepare its index: {engine.error}", cause="index"), ""
         return
     from crosearch_agent.store import StoreError
 
@@ -285,7 +285,7 @@ def run_question(engine: Engine, question: str, opts: Options):
     try:
         retriever = engine.retriever(collection)
     except (StoreError, ValueError, OSError) as err:
-        yield "step", ErrorStep("error", message=f"No usable index for collection '{collection}': {err}"), ""
+        yield "step", ErrorStep("error", message=f"No usable index for collection '{collection}': {err}", cause="index"), ""
         return
     if opts.languages and set(retriever.languages) - set(opts.languages):
         retriever = LanguageView(retriever, opts.languages)

@@ -92,6 +92,7 @@ class AnswerStep(Step):
 @dataclass
 class ErrorStep(Step):
     message: str = ""
+    cause: str = ""  # "question" (refused input), "backend" (the language model failed), "index", "" (other)
 
 
 @dataclass
@@ -121,6 +122,11 @@ class Result:
     @property
     def error(self) -> str | None:
         return next((s.message for s in self.steps if isinstance(s, ErrorStep)), None)
+
+    @property
+    def backend_failed(self) -> bool:
+        """The run stopped because the language model failed (not the question or the index)."""
+        return any(isinstance(s, ErrorStep) and s.cause == "backend" for s in self.steps)
 
 
 # ---------------------------------------------------------------- one trajectory
@@ -152,14 +158,14 @@ class _Trajectory:
         self.steps.append(step)
         return step
 
-    def fail(self, message: str) -> None:
-        self.emit(ErrorStep("error", message=message))
+    def fail(self, message: str, cause: str = "") -> None:
+        self.emit(ErrorStep("error", message=message, cause=cause))
         self.done = True
 
     # -- start
     def start(self) -> None:
         if problem := question_problem(self.question):
-            return self.fail(problem)
+            return self.fail(problem, cause="question")
         q = self.question = self.question.strip()
         t = time.perf_counter()
         languages = self.agent.retriever.languages if self.agent.retriever else [self.lang or "en"]
@@ -296,11 +302,11 @@ class Agent:
                     self._step_batch([tr])
                 return
             for tr in open_:
-                tr.fail(f"The language model failed: {err}")
+                tr.fail(f"The language model failed: {err}", cause="backend")
             return
         except Exception as err:  # never a stack trace in the UI
             for tr in open_:
-                tr.fail(f"The language model failed unexpectedly: {type(err).__name__}: {err}")
+                tr.fail(f"The language model failed unexpectedly: {type(err).__name__}: {err}", cause="backend")
             return
         gen_s = time.perf_counter() - t
         for tr, gen in zip(open_, gens):

@@ -56,7 +56,7 @@ def default_backend() -> str:
     return "vllm" if vllm_available() else "transformers"
 
 
-def _cut_at_stop(text: str, stops) -> tuple[str, str | None]:
+def cut_at_stop(text: str, stops) -> tuple[str, str | None]:
     """Text up to the earliest stop string, and which one it was."""
     hits = [(text.find(s), s) for s in stops if s and s in text]
     if not hits:
@@ -125,7 +125,7 @@ class TransformersPolicy:
         for row in new:
             ids = [int(t) for t in row if int(t) != self.tokenizer.pad_token_id]
             ended = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
-            text, stop = _cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), sampling.stop)
+            text, stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), sampling.stop)
             finish = "stop" if stop or ended else ("length" if len(ids) >= sampling.max_tokens else "stop")
             results.append(Generation(text, finish, stop, len(ids), ids))
         return results

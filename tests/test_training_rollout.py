@@ -128,6 +128,21 @@ def test_batches_keep_each_rollout_with_its_question(tokenizer):
     assert all(r.answer == "A" for r in rollouts)
 
 
+def test_a_failing_backend_stops_the_rollouts_but_a_refused_question_does_not(tokenizer):
+    from crosearch_agent.policy import PolicyError
+    from training.rollout import RolloutError
+
+    class Down(Scripted):
+        def policy_turns(self, trajectories, streams, sampling):
+            raise PolicyError("server down")
+
+    with pytest.raises(RolloutError, match="server down"):
+        run_rollouts(_agent(), Down(tokenizer, []), ["Wer gewann den Super Bowl 50?"], ["de"])
+    rec = Scripted(tokenizer, ["x.</think>\n<answer>A</answer>"])
+    rollouts = run_rollouts(_agent(), rec, ["", "Who won Super Bowl 50?"], ["en", "en"])
+    assert [r.answer for r in rollouts][-1] == "A"
+
+
 # ---------------------------------------------------------------- the warm-up teacher
 
 def test_the_teacher_answers_from_evidence_or_searches_globally(tokenizer, shared_data):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crosearch_agent import prompts
-from crosearch_agent.policy import Generation, PolicyError, _cut_at_stop
+from crosearch_agent.policy import Generation, PolicyError, cut_at_stop
 
 POLICY, ENV = 1, 0
 
@@ -130,7 +130,7 @@ class TurnRecorder:
             raw = self.tokenizer.decode(ids, skip_special_tokens=True)
             stream.add(POLICY, raw, list(ids), logprobs)
             stream.turns.append(raw)
-            text, stop = _cut_at_stop(raw, sampling.stop)
+            text, stop = cut_at_stop(raw, sampling.stop)
             ended = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
             finish = "stop" if stop or ended else "length"
             gens.append(Generation(text, finish, stop, len(ids), list(ids)))
@@ -270,7 +270,7 @@ def run_rollouts(agent, recorder: TurnRecorder, questions: list[str], langs: lis
     recorder.reset()
     agent.policy = recorder
     results = agent.run_batch(questions, langs)
-    failed = [r.error for r in results if r.error and "language model failed" in r.error]
+    failed = [r.error for r in results if r.backend_failed]
     if failed:
         raise RolloutError(failed[0])
     streams = iter(recorder.streams)
