@@ -12,11 +12,7 @@ same tokens on every backend (bf16 numerics may drift after a few dozen tokens).
 from __future__ import annotations
 
 import functools
-import http.client
-import json
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,19 +194,27 @@ class OpenAIPolicy:
         self.name = model or self._served_model()
 
     def _request(self, path: str, payload: dict | None = None) -> dict:
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method="POST" if data else "GET",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
+        import httpx  # the one HTTP client of the project (the retrieval service's client too)
+
+        headers = {"Authorization": f"Bearer {self.api_key}"}
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            raise PolicyError(f"model server {self.base_url} answered {err.code}: {err.read()[:300]!r}") from err
-        except (http.client.HTTPException, ConnectionResetError) as err:  # it went away while answering
+            if payload is None:
+                response = httpx.get(self.base_url + path, headers=headers, timeout=self.timeout)
+            else:
+                response = httpx.post(self.base_url + path, json=payload, headers=headers, timeout=self.timeout)
+        except (httpx.RemoteProtocolError, httpx.ReadError) as err:  # it went away while answering
             raise PolicyError(f"model server {self.base_url} broke off its answer ({type(err).__name__}: {err}); "
                               "has it stopped?") from err
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            raise PolicyError(f"model server {self.base_url} is not reachable ({err}); is it running?") from err
+        except httpx.HTTPError as err:
+            raise PolicyError(f"model server {self.base_url} is not reachable ({type(err).__name__}: {err}); "
+                              "is it running?") from err
+        if response.status_code >= 400:
+            raise PolicyError(f"model server {self.base_url} answered {response.status_code}: {response.text[:300]!r}")
+        try:
+            return response.json()
+        except ValueError as err:
+            raise PolicyError(f"model server {self.base_url} answered something that is not JSON: "
+                              f"{response.text[:200]!r}") from err
 
     def _served_model(self) -> str:
         models = self._request("/models").get("data") or []
