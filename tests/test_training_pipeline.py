@@ -207,7 +207,6 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
     assert "trained with: --k 2, --max-turns 2, --force-global-search False" in ask.stderr
 
 
-@pytest.mark.slow  # importing TRL's GRPO trainer (it probes vLLM) takes ~10 s of CPU
 def test_grpo_scores_only_policy_tokens_and_matches_trl_there(tmp_path, monkeypatch):
     """The loss's log-probabilities skip retrieved tokens (env_mask 0) and equal TRL's own
     (temperature included) on the policy's tokens (a tiny random Gemma 3: this checks the masking, not the model)."""
