@@ -37,7 +37,10 @@ def test_every_config_loads_and_overrides_type_themselves():
 @pytest.mark.parametrize("overrides, message", [({"stepz": 3}, "unknown training option"),
                                                 ({"answer_metric": "bleu"}, "f1 or em"),
                                                 ({"num_generations": 1}, "at least 2"),
-                                                ({"reward_weights": {"style": 1}}, "unknown reward")])
+                                                ({"reward_weights": {"style": 1}}, "unknown reward"),
+                                                ({"steps": -3}, "steps must be at least 1, not -3"),
+                                                ({"per_device_batch_size": 0}, "per_device_batch_size must be at least 1"),
+                                                ({"sft_steps": -1}, "sft_steps must be >= 0")])
 def test_bad_configs_are_refused_with_a_clear_message(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config("cpu-smoke", overrides)

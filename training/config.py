@@ -114,7 +114,7 @@ class TrainConfig:
             problems.append(f"answer_metric must be f1 or em, not {self.answer_metric!r}")
         if self.num_generations < 2:
             problems.append("num_generations must be at least 2 (GRPO compares rollouts within a group)")
-        if (self.questions_per_step * self.num_generations) % self.per_device_batch_size:
+        if self.per_device_batch_size > 0 and (self.questions_per_step * self.num_generations) % self.per_device_batch_size:
             problems.append("per_device_batch_size must divide questions_per_step * num_generations")
         if not 0.0 <= self.tydiqa_share < 1.0:
             problems.append("tydiqa_share must be in [0, 1)")
@@ -127,6 +127,13 @@ class TrainConfig:
             problems.append("lora_r and lora_layers must be >= 0")
         if self.group_languages < 1:
             problems.append("group_languages must be at least 1")
+        for name in ("steps", "questions_per_step", "per_device_batch_size", "sft_batch_size", "sft_grad_accum",
+                     "max_new_tokens", "save_steps", "sft_save_steps"):
+            if getattr(self, name) < 1:  # a negative step count reads as "train for every epoch" to transformers
+                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("sft_steps", "sft_examples", "sft_epochs", "gate_questions"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, not {getattr(self, name)}")
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
         return self
@@ -185,6 +192,22 @@ def load_config(name_or_path: str | None = None, overrides: dict | None = None) 
     if unknown:
         raise ValueError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(_field_names())}")
     return TrainConfig(**raw).check()
+
+
+def config_from_command_line(parser, argv=None, default: str | None = "cpu-smoke"):
+    """Parse a training command line: `--config NAME` and any `--key value` overrides after
+    the parser's own flags. Returns (args, config), or (args, None) when the config is refused
+    (the reason is printed)."""
+    import sys
+
+    parser.add_argument("--config", default=default, required=default is None,
+                        help="a file in training/configs (name or path)")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return args, load_config(args.config, parse_overrides(rest))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return args, None
 
 
 def agent_settings(cfg: TrainConfig, collection: str | None = None):

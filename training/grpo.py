@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from crosearch_agent.store import StoreError
-from training.config import TrainConfig, device_kind, load_config, parse_overrides, trainer_device_args
+from training.config import TrainConfig, config_from_command_line, device_kind, trainer_device_args
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL 1.16
 
@@ -265,14 +265,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.grpo", description=__doc__.splitlines()[0],
                                      epilog="Any training option can follow as --key value, e.g. --steps 50 "
                                             "--policy PATH --multilingual false (see training/config.py).")
-    parser.add_argument("--config", default="cpu-smoke", help="a file in training/configs (name or path)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
     parser.add_argument("--restart", action="store_true", help="discard the run's earlier checkpoints and start over")
-    args, rest = parser.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, parse_overrides(rest))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    args, cfg = config_from_command_line(parser, argv)
+    if cfg is None:
         return 2
     try:
         train(cfg, resume=args.resume, restart=args.restart)

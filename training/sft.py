@@ -28,7 +28,7 @@ from pathlib import Path
 
 from crosearch_agent import languages, prompts
 from crosearch_agent.store import StoreError
-from training.config import TrainConfig, load_config, parse_overrides
+from training.config import TrainConfig, config_from_command_line
 from training.head import IGNORE, labelled_loss
 from training.rollout import POLICY, TurnRecorder, run_rollouts
 
@@ -418,12 +418,8 @@ def make_agent_factory(cfg: TrainConfig):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.sft", description=__doc__.splitlines()[0],
                                      epilog="Any training option can follow as --key value (see training/config.py).")
-    parser.add_argument("--config", default="cpu-smoke", help="a file in training/configs (name or path)")
-    args, rest = parser.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, parse_overrides(rest))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    _, cfg = config_from_command_line(parser, argv)
+    if cfg is None:
         return 2
     try:
         run_warmup(cfg)
