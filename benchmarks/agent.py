@@ -106,7 +106,7 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     import crosearch_agent.retriever as retriever_mod
     from crosearch_agent.agent import Agent
     from crosearch_agent.config import Settings
-    from crosearch_agent.policy_folders import resolve_policy
+    from crosearch_agent.policy_folders import BUNDLED_POLICY, resolve_policy
     from crosearch_agent.policy import TransformersPolicy
     from crosearch_agent.retriever import load_retriever
 
@@ -121,7 +121,7 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     policy = ctx.get("vllm")
     backend = "vllm (engine started by the generation benchmark)" if policy else "transformers"
     if policy is None:
-        policy = TransformersPolicy(resolve_policy("bundled:gemma-3-270m"))
+        policy = TransformersPolicy(resolve_policy(BUNDLED_POLICY))
     clock = StageClock()
     agent = Agent(TimedPolicy(policy, clock), load_retriever(settings, verify=False), settings)
     questions = [q for q, _ in sample_questions(1 + n_single + n_users * per_user)]

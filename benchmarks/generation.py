@@ -67,13 +67,13 @@ def start_vllm(model: str, ctx: dict):
 def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     import torch
 
-    from crosearch_agent.policy_folders import resolve_policy
+    from crosearch_agent.policy_folders import BUNDLED_POLICY, resolve_policy
     from crosearch_agent.policy import TransformersPolicy, fast_dtype, vllm_available
 
     ctx = ctx if ctx is not None else {}
     threads = ctx.get("threads", 1)
     torch.set_num_threads(threads)
-    model = resolve_policy("bundled:gemma-3-270m")
+    model = resolve_policy(BUNDLED_POLICY)
     max_tokens = 12 if quick else 64
     batches = (1, 8, 32)
     # Emulated bf16 (CPUs without native bf16) runs ~100x slower: quick runs compare it at batch 1 only.
@@ -85,7 +85,7 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     other_dtype = "float32" if dtype == "bfloat16" else "bfloat16"
     label = {"bfloat16": "transformers bf16", "float32": "transformers float32"}
     tf, tf_other = label[dtype], label[other_dtype]
-    result = BenchResult("generation", config={"policy": "bundled:gemma-3-270m", "max_new_tokens": max_tokens,
+    result = BenchResult("generation", config={"policy": BUNDLED_POLICY, "max_new_tokens": max_tokens,
                                                "batch_sizes": list(batches), "repeats": repeats, "greedy": True,
                                                "torch_threads": threads, "prompt": "agent first turn, few_shot=0",
                                                "dtype": dtype,

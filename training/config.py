@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from crosearch_agent.config import REPO_ROOT, data_home
+from crosearch_agent.policy_folders import BUNDLED_POLICY
 from crosearch_agent.languages import XQUAD_LANGS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -27,7 +28,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 class TrainConfig:
     name: str = "run"
     # -- policies
-    base_policy: str = "bundled:gemma-3-270m"   # what the warm-up starts from
+    base_policy: str = BUNDLED_POLICY           # what the warm-up starts from
     policy: str | None = None                    # GRPO's start; None: this run's warm-up (made first when missing)
     warmup: bool = True                          # run the format warm-up before GRPO when its checkpoint is missing
     # -- data and retrieval (agent options mean what they mean in crosearch_agent.config.Settings)

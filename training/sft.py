@@ -268,11 +268,13 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     trainer = make_sft_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                        processing_class=tokenizer)
     trainer.add_callback(progress_callback(log, cfg.sft_batch_size * cfg.sft_grad_accum))
+    clock = training_clock(work, resume_from)
+    trainer.add_callback(clock)
     if resume_from:
-        log(f"warm-up: resuming from {resume_from}")
+        log(f"warm-up: resuming from {resume_from} ({clock.earlier:.0f} s of training before it)")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    seconds = result.metrics.get("train_runtime")
+    seconds = clock.earlier + (result.metrics.get("train_runtime") or 0.0)  # every run that led here
     info = {"kind": "warmup", "run": cfg.name, "base_policy": base, "steps": trainer.state.global_step, "data": stats,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "train_seconds": seconds, "rows_trained": trainer.state.global_step * cfg.sft_batch_size * cfg.sft_grad_accum,
@@ -311,6 +313,30 @@ def save_adapter(model, folder: Path, info: dict) -> Path:
 
     write_folder(folder, write)
     return folder
+
+
+def training_clock(work: Path, resume_from: Path | None):
+    """A trainer callback that keeps the training seconds behind each checkpoint
+    (`<work>/seconds.json`), so that a resumed run reports the time of every run that led to
+    it, not of its last leg (`.earlier`: the seconds behind `resume_from`)."""
+    from transformers import TrainerCallback
+
+    path = work / "seconds.json"
+    by_step = (_read_json(path) or {}) if resume_from else {}
+    step = resume_from.name.split("-")[-1] if resume_from else None
+
+    class Clock(TrainerCallback):
+        earlier = float(by_step.get(step, 0.0)) if step else 0.0
+        t0 = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_save(self, args, state, control, **kw):
+            by_step[str(state.global_step)] = round(self.earlier + time.perf_counter() - self.t0, 1)
+            path.write_text(json.dumps(by_step, indent=1))
+
+    return Clock()
 
 
 def progress_callback(log=print, rows_per_step: int = 1, every: int = 5):
