@@ -52,6 +52,13 @@ def language_codes(text: str) -> list[str]:
     return codes
 
 
+class _Languages(argparse.Action):
+    """`--languages de,zh ar` -> ["de", "zh", "ar"] (each argument parsed by `language_codes`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(dict.fromkeys(code for codes in values for code in codes)))
+
+
 def _opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -59,7 +66,7 @@ def _opt(default, help: str, **kw):
 @dataclass
 class Settings:
     collection: str = _opt("xquad-partial", "collection to search; combine with '+', e.g. xquad-partial+wiki-summaries")
-    languages: list[str] | None = _opt(None, "languages to index/search, e.g. 'de zh' or 'de,zh' (default: all languages of the collection)", nargs="+", type=language_codes)
+    languages: list[str] | None = _opt(None, "languages to index/search, e.g. 'de zh' or 'de,zh' (default: all languages of the collection)", nargs="+", type=language_codes, action=_Languages)
     embedder: str = _opt(BUNDLED_EMBEDDER, "sentence-transformers model id or folder (default: the bundled multilingual-e5-small)")
     index_type: str = _opt("flat", "FAISS index: 'flat' (exact inner product) or 'hnsw' (approximate, for large collections)", choices=["flat", "hnsw"])
     k: int = _opt(5, "evidence items returned per search")
@@ -98,8 +105,6 @@ class Settings:
         trained policy with its options is `policy.adopt_trained_options`, called by the CLIs)."""
         names = {f.name for f in dataclasses.fields(cls)}
         settings = cls(**{k: v for k, v in vars(args).items() if k in names})
-        if settings.languages and isinstance(settings.languages[0], list):  # --languages de,zh ar
-            settings.languages = list(dict.fromkeys(c for codes in settings.languages for c in codes))
         return settings
 
 

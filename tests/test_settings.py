@@ -65,6 +65,9 @@ def test_languages_are_given_with_spaces_or_commas_and_unknown_codes_are_refused
 
     assert _settings(["--policy", "bundled:gemma-3-270m", "--languages", "de,zh", "ar"]).languages == ["de", "zh", "ar"]
     assert _settings(["--policy", "bundled:gemma-3-270m", "--languages", "DE", "de"]).languages == ["de"]
+    parser = argparse.ArgumentParser()  # tools that read the parsed flags directly (indexes.build) get them flat too
+    Settings.add_arguments(parser, only=["languages"])
+    assert parser.parse_args(["--languages", "de,zh", "ar"]).languages == ["de", "zh", "ar"]
     with pytest.raises(SystemExit):
         _settings(["--languages", "de,xx,zh"])
     assert "unknown language code 'xx'" in capsys.readouterr().err
