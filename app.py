@@ -24,7 +24,7 @@ from crosearch_agent.policy_folders import (BUNDLED_POLICY, QWEN_POLICY, SHIPPED
                                             adopted_note, describe_policy, latest_checkpoint)
 
 import app_views as views
-from engine import Engine, Options, ServedPolicy, run_question  # noqa: F401 (ServedPolicy: part of app's API)
+from engine import Engine, Options, run_question
 
 EXAMPLE_LANGS = ("de", "zh", "es", "ar", "ru", "hi", "vi", "el")
 DEFAULT_POLICY = "default"  # the policy dropdown's "newest checkpoint, else bundled"

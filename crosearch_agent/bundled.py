@@ -348,8 +348,20 @@ def shipped_policy_artifact(name: str = SHIPPED_POLICY, root: Path | None = None
     return folder if (folder / SUMS).is_file() else None
 
 
+_VERIFIED: dict = {}  # (folder, its files' sizes and mtimes) -> sha256 of SHA256SUMS, once per process
+
+
 def verify_artifact(folder: Path) -> str:
-    """Check every file listed in the folder's SHA256SUMS; returns the sha256 of that list."""
+    """Check every file listed in the folder's SHA256SUMS; returns the sha256 of that list.
+    Start-up asks more than once (the default policy, its training options): a folder whose
+    files have not changed since they passed is not hashed again."""
+    key = (str(folder), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())))
+    if key not in _VERIFIED:
+        _VERIFIED[key] = _check_sums(folder)
+    return _VERIFIED[key]
+
+
+def _check_sums(folder: Path) -> str:
     sums = folder / SUMS
     for line in sums.read_text().splitlines():
         if not line.strip():

@@ -97,3 +97,14 @@ class Scripted(TurnRecorder):
     def policy_turns(self, trajectories, streams, sampling):
         self.prompts.append([s.last_prompt for s in streams])
         return [(self.encode(self.turns[len(s.turns)]), None) for s in streams]
+
+
+def mask_runs(mask, ids):
+    """Maximal runs of equal mask value: [(value, ids)]."""
+    out = []
+    for m, t in zip(mask, ids):
+        if out and out[-1][0] == m:
+            out[-1][1].append(t)
+        else:
+            out.append((m, [t]))
+    return out

@@ -11,6 +11,7 @@ import pytest
 
 import app
 import app_views as views
+import engine
 from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, ThinkStep, question_problem
 from crosearch_agent.config import Settings
 from crosearch_agent.evidence import Evidence, Hit
@@ -285,7 +286,7 @@ def run_concurrently(served, prompts):
 
 
 def test_concurrent_requests_are_batched_into_few_backend_calls_each_getting_its_own_answer():
-    served, backend = app.ServedPolicy(), EchoBackend()
+    served, backend = engine.ServedPolicy(), EchoBackend()
     served.swap(backend)
     out = run_concurrently(served, [f"q{i}" for i in range(6)])
     assert out == {f"q{i}": f"Q{i}" for i in range(6)}
@@ -293,7 +294,7 @@ def test_concurrent_requests_are_batched_into_few_backend_calls_each_getting_its
 
 
 def test_a_swap_waits_for_the_running_call_and_closes_the_old_backend():
-    served, old, new = app.ServedPolicy(), EchoBackend(delay=0.5), EchoBackend(delay=0.0)
+    served, old, new = engine.ServedPolicy(), EchoBackend(delay=0.5), EchoBackend(delay=0.0)
     old.closed = False
     old.close = lambda: setattr(old, "closed", True)
     served.swap(old)
@@ -308,14 +309,14 @@ def test_a_swap_waits_for_the_running_call_and_closes_the_old_backend():
 
 
 def test_a_failing_backend_fails_every_waiting_request_with_its_error():
-    served = app.ServedPolicy()
+    served = engine.ServedPolicy()
     served.swap(EchoBackend(fail=PolicyError("server down")))
     out = run_concurrently(served, ["a", "b", "c"])
     assert all(isinstance(e, PolicyError) and "server down" in str(e) for e in out.values())
 
 
 def test_without_a_policy_requests_are_told_to_reload_it():
-    served = app.ServedPolicy()
+    served = engine.ServedPolicy()
     served.swap(None, "cannot load policy 'x'")
     with pytest.raises(PolicyError, match="cannot load policy 'x'.*Reload policy"):
         served.generate(["q"], Sampling())

@@ -9,7 +9,7 @@ import pytest
 from crosearch_agent import prompts
 from crosearch_agent.agent import AnswerStep, Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep
 from crosearch_agent.config import Settings
-from tests.conftest import FixedEvidence
+from tests.conftest import FixedEvidence, mask_runs
 from training.rollout import ENV, POLICY, ModelTurns, run_rollouts
 
 QUESTION = "Wer gewann den Super Bowl 50?"
@@ -45,12 +45,7 @@ def test_rollouts_of_a_real_model_mask_every_inserted_token(tiny_gemma, bundled_
     for r in rollouts:
         s = r.stream
         assert len(s.completion_ids) == len(s.env_mask) == len(s.logprobs) and s.turns
-        runs, current = [], None
-        for m, t in zip(s.env_mask, s.completion_ids):
-            if m != current:
-                runs.append((m, []))
-                current = m
-            runs[-1][1].append(t)
+        runs = mask_runs(s.env_mask, s.completion_ids)
         policy_runs = [ids for m, ids in runs if m == POLICY]
         assert [bundled_tokenizer.decode(ids, skip_special_tokens=True) for ids in policy_runs] == s.turns
         assert all(len(ids) <= settings.max_new_tokens for ids in policy_runs)

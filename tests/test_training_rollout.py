@@ -7,7 +7,7 @@ import pytest
 from crosearch_agent import prompts
 from crosearch_agent.agent import Agent
 from crosearch_agent.config import Settings
-from tests.conftest import FixedEvidence, Scripted
+from tests.conftest import FixedEvidence, Scripted, mask_runs
 from training.rollout import ENV, POLICY, run_rollouts
 from training.sft import TeacherTurns, find_gold, sft_rows
 
@@ -21,17 +21,6 @@ def _agent(**kw):
     return Agent(None, FixedEvidence(), Settings(few_shot=0, max_turns=2, force_global_search=False, **kw))
 
 
-def _runs(mask, ids):
-    """Maximal runs of equal mask value: [(value, ids)]."""
-    out = []
-    for m, t in zip(mask, ids):
-        if out and out[-1][0] == m:
-            out[-1][1].append(t)
-        else:
-            out.append((m, [t]))
-    return out
-
-
 def test_policy_tokens_are_masked_in_and_everything_inserted_is_masked_out(tokenizer):
     turns = ["Nothing in German.</think>\n<search>Super Bowl 50 winner</search>",
              "Doc 2 says: Denver Broncos.</think>\n<answer>Denver Broncos</answer>"]
@@ -39,7 +28,7 @@ def test_policy_tokens_are_masked_in_and_everything_inserted_is_masked_out(token
     [r] = run_rollouts(_agent(), rec, ["Wer gewann den Super Bowl 50?"], ["de"])
     s = r.stream
     assert len(s.completion_ids) == len(s.env_mask) == len(s.logprobs)
-    runs = _runs(s.env_mask, s.completion_ids)
+    runs = mask_runs(s.env_mask, s.completion_ids)
     assert [m for m, _ in runs] == [ENV, POLICY, ENV, POLICY]
     # the policy's runs are exactly its turns' tokens
     assert [ids for m, ids in runs if m == POLICY] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in turns]
@@ -63,7 +52,7 @@ def test_each_turn_is_generated_from_exactly_the_agent_prompt(tokenizer):
     [r] = run_rollouts(_agent(), rec, ["Wer gewann den Super Bowl 50?"], ["de"])
     s = r.stream
     boundaries, seen = [], 0
-    for m, ids in _runs(s.env_mask, s.completion_ids):
+    for m, ids in mask_runs(s.env_mask, s.completion_ids):
         seen += len(ids)
         if m == ENV:
             boundaries.append(seen)
@@ -170,7 +159,7 @@ def test_a_real_rollout_of_the_bundled_policy_masks_retrieved_tokens(tokenizer, 
     for r in rollouts:
         s = r.stream
         assert len(s.completion_ids) == len(s.env_mask) == len(s.logprobs) and s.turns
-        runs = _runs(s.env_mask, s.completion_ids)
+        runs = mask_runs(s.env_mask, s.completion_ids)
         policy_runs = [ids for m, ids in runs if m == POLICY]
         assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in policy_runs] == s.turns
         assert all(len(ids) <= settings.max_new_tokens for ids in policy_runs)
