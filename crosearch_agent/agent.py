@@ -10,6 +10,12 @@ Many questions advance in lock-step through `Agent.run_batch`: each turn, every 
 trajectory's prompt goes to the backend in one batch, which is what vLLM is good at. The
 single-question path is the same code with a batch of one.
 
+Each turn's prompt is rendered from the canonical history (the policy's turns as parsed).
+Beside it every trajectory keeps a `Record`: what the policy was shown and what it said, in
+order, each piece tagged as the environment's or the policy's, the policy's with the token ids
+it sampled. Training reads the record (its rollouts continue each trajectory from exactly the
+tokens sampled so far) through a `RecordBackend`.
+
 `method` selects the evaluation's baselines with the same machinery: `closed_book` (no
 retrieval), `mono_rag` / `concat_rag` (one retrieval with the question, then answer),
 `oracle` (one retrieval from a retriever that returns the gold paragraph: the reading
@@ -19,11 +25,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from crosearch_agent import prompts
 from crosearch_agent.evidence import Evidence, Searcher
 from crosearch_agent.languages import NAMES as lang_names, detect, name as lang_name
-from crosearch_agent.policy import PolicyError, Sampling
+from crosearch_agent.policy import Generation, PolicyError, Sampling
 
 METHODS = ("closed_book", "mono_rag", "concat_rag", "oracle", "crosearch")
 ONE_SEARCH = ("mono_rag", "concat_rag", "oracle")  # one retrieval with the question, then answer
@@ -95,6 +102,70 @@ class ErrorStep(Step):
     cause: str = ""  # "question" (refused input), "backend" (the language model failed), "index", "" (other)
 
 
+# ---------------------------------------------------------------- what the policy saw and said
+
+POLICY, ENVIRONMENT = "policy", "environment"
+
+
+@dataclass
+class Piece:
+    source: str                                               # POLICY or ENVIRONMENT
+    text: str
+    token_ids: list[int] = field(default_factory=list)        # a policy turn's ids, as sampled
+    logprobs: list[float] = field(default_factory=list)       # and their sampling log-probabilities
+
+
+@dataclass
+class Record:
+    """One trajectory as the policy met it: the question's prompt (instructions, examples, the
+    question, the first turn opened), then pieces in order. The environment's pieces are the
+    forced searches, `<information>` blocks and each turn's opening; the policy's are its
+    turns as generated, which may differ from the canonical form the next prompt shows.
+    With canonical turns, `text()` is exactly the prompt the policy is continuing."""
+    prompt: str = ""
+    pieces: list[Piece] = field(default_factory=list)
+    opening: str = ""  # the turn opening the text ends with ("<think>", "<answer>"), "" after the policy spoke
+
+    def text(self) -> str:
+        return self.prompt + "".join(p.text for p in self.pieces)
+
+    @property
+    def turns(self) -> list[str]:
+        return [p.text for p in self.pieces if p.source == POLICY]
+
+    def environment(self, block: str) -> None:
+        """A block of the environment's (a search with its results, or only the results of
+        the policy's search): it continues the turn the text opened when it starts with that
+        opening, and otherwise starts on a new line."""
+        if self.opening and block.startswith(self.opening):
+            block = block[len(self.opening):]
+        else:
+            block = "\n" + block
+        self._add_environment(block)
+        self.opening = ""
+
+    def open_turn(self, opening: str, first_prompt: str) -> None:
+        """Make the text end with `opening`, the way the turn's prompt does. Before anything
+        was added, the question's prompt is the turn's whole prompt (`first_prompt`)."""
+        if opening == self.opening:
+            return
+        if not self.pieces:
+            self.prompt = first_prompt
+        else:
+            self._add_environment("\n" + opening)
+        self.opening = opening
+
+    def policy(self, gen: Generation) -> None:
+        self.pieces.append(Piece(POLICY, gen.text + (gen.stop or ""), list(gen.token_ids), list(gen.logprobs)))
+        self.opening = ""
+
+    def _add_environment(self, text: str) -> None:
+        if self.pieces and self.pieces[-1].source == ENVIRONMENT:
+            self.pieces[-1].text += text
+        else:
+            self.pieces.append(Piece(ENVIRONMENT, text))
+
+
 @dataclass
 class Result:
     question: str
@@ -104,6 +175,7 @@ class Result:
     trajectory: str = ""
     latency_s: float = 0.0
     malformed_turns: int = 0  # policy turns that were not well formed
+    record: Record = field(default_factory=Record)
 
     @property
     def format_valid(self) -> bool:
@@ -131,8 +203,12 @@ class Result:
 
 # ---------------------------------------------------------------- one trajectory
 
-class _Trajectory:
-    """The state of one question in the loop: what has been said, what comes next."""
+class Trajectory:
+    """The state of one question in the loop: what has been said, what comes next.
+
+    Public for backends that continue trajectories themselves (`RecordBackend`): `record`,
+    `question`, `lang`, `steps`, `searches`, `must_answer`, `agent` and `prompt_text` (the
+    prompt of the current turn) are theirs to read, never to change."""
 
     def __init__(self, agent: "Agent", question: str, lang: str | None = None):
         self.agent, self.question = agent, question
@@ -148,7 +224,9 @@ class _Trajectory:
         self.search_all = False
         self.scope = ""           # of the last search
         self.prefill = ""         # text the prompt ends with, for the policy to continue
+        self.prompt_text = ""
         self.malformed = 0
+        self.record = Record()
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -175,6 +253,8 @@ class _Trajectory:
         else:
             det = _unindexed(q, det, languages, self.agent.settings.detector)
         self.lang, self.search_all = det.lang, det.fallback
+        self.record = Record(prompts.build_prompt(q, self.lang, "", few_shot=self.agent.settings.few_shot),
+                             opening=prompts.THINK_OPEN)
         self.emit(LanguageStep("language", duration_s=time.perf_counter() - t, lang=det.lang,
                                confidence=det.confidence, fallback=det.fallback, reason=det.reason))
         method = self.agent.method
@@ -182,17 +262,17 @@ class _Trajectory:
         if method in ONE_SEARCH or (method == "crosearch" and settings.force_first_search):
             think = "I need to search for this."
             self.emit(ThinkStep("think", text=think, turn=1))
-            self.search(q, think)
+            self.search(q, think, by_policy=False)
         if (method == "crosearch" and settings.force_first_search and settings.force_global_search
                 and not self.done and not self.must_answer and self.scope == "local"):
             think = "I also search the other languages."
             self.emit(ThinkStep("think", text=think, turn=2))
-            self.search(q, think)
+            self.search(q, think, by_policy=False)
         if method != "crosearch" or self.agent.settings.max_turns <= 0:
             self.must_answer = True
 
     # -- searching
-    def search(self, query: str, think: str) -> None:
+    def search(self, query: str, think: str, by_policy: bool = True) -> None:
         agent = self.agent
         self.turn += 1
         self.searches += 1
@@ -214,19 +294,24 @@ class _Trajectory:
         except Exception as err:  # a broken index must not take the conversation down
             return self.fail(f"Search failed: {err}")
         self.emit(EvidenceStep("evidence", duration_s=time.perf_counter() - t, items=items, turn=self.turn))
-        self.history += (f"{prompts.THINK_OPEN}{think}{prompts.THINK_CLOSE}\n"
-                         f"{prompts.SEARCH_OPEN}{prompts.escape_document(query)}{prompts.SEARCH_CLOSE}\n"
-                         f"{prompts.render_information(items, self.lang)}\n")
+        turn = (f"{prompts.THINK_OPEN}{think}{prompts.THINK_CLOSE}\n"
+                f"{prompts.SEARCH_OPEN}{prompts.escape_document(query)}{prompts.SEARCH_CLOSE}\n")
+        information = prompts.render_information(items, self.lang)
+        self.history += turn + information + "\n"
+        self.record.environment(information if by_policy else turn + information)
         if self.searches >= agent.settings.max_turns:
             self.must_answer = True
 
     # -- the policy's turn
     def prompt(self) -> str:
         self.prefill = prompts.final_answer_nudge(self.lang, self.searches > 0) if self.must_answer else ""
-        return prompts.build_prompt(self.question, self.lang, self.history + self.prefill,
-                                    few_shot=self.agent.settings.few_shot)
+        self.prompt_text = prompts.build_prompt(self.question, self.lang, self.history + self.prefill,
+                                                few_shot=self.agent.settings.few_shot)
+        self.record.open_turn(self.prefill or prompts.THINK_OPEN, self.prompt_text)
+        return self.prompt_text
 
-    def advance(self, gen, gen_s: float) -> None:
+    def advance(self, gen: Generation, gen_s: float) -> None:
+        self.record.policy(gen)
         if self.must_answer:
             # The prompt opened the answer turn: read it with its opening, whatever it holds.
             turn = prompts.parse_turn(self.prefill + gen.text + (gen.stop or ""))
@@ -253,7 +338,8 @@ class _Trajectory:
         self.done = True
 
     def result(self) -> Result:
-        return Result(self.question, self.lang, self.answer, self.steps, self.history, self.now(), self.malformed)
+        return Result(self.question, self.lang, self.answer, self.steps, self.history, self.now(), self.malformed,
+                      self.record)
 
 
 def _unindexed(question: str, det, indexed, method: str):
@@ -276,6 +362,15 @@ def _plain(text: str) -> str:
 
 # ---------------------------------------------------------------- the agent
 
+@runtime_checkable
+class RecordBackend(Protocol):
+    """A backend that continues each trajectory from its record instead of from the rendered
+    prompt (training's rollouts: token-exact, with log-probabilities). Other backends take
+    prompts: `generate(prompts, sampling) -> list[Generation]`."""
+
+    def continue_trajectories(self, trajectories: list[Trajectory], sampling: Sampling) -> list[Generation]: ...
+
+
 class Agent:
     def __init__(self, policy, retriever: Searcher | None, settings, method: str = "crosearch"):
         if method not in METHODS:
@@ -287,15 +382,15 @@ class Agent:
         stops = (prompts.STOP_ANSWER,) if self.method != "crosearch" else prompts.STOPS
         return Sampling(max_tokens=s.max_new_tokens, temperature=s.temperature, stop=stops, seed=s.seed)
 
-    def _step_batch(self, open_: list[_Trajectory]) -> None:
+    def _step_batch(self, open_: list[Trajectory]) -> None:
         """One policy turn for every open trajectory, in one backend call."""
         t = time.perf_counter()
         try:
             prompts_ = [tr.prompt() for tr in open_]
-            # A trajectory-aware backend (training's token-level rollouts) is also told which
-            # trajectory each prompt continues; every other backend sees the prompts only.
-            turns = getattr(self.policy, "generate_turns", None)
-            gens = turns(open_, prompts_, self._sampling()) if turns else self.policy.generate(prompts_, self._sampling())
+            if isinstance(self.policy, RecordBackend):
+                gens = self.policy.continue_trajectories(open_, self._sampling())
+            else:
+                gens = self.policy.generate(prompts_, self._sampling())
         except PolicyError as err:
             if len(open_) > 1:  # one bad prompt (e.g. too long) must not fail the whole batch
                 for tr in open_:
@@ -318,16 +413,16 @@ class Agent:
 
     def run(self, question: str, lang: str | None = None):
         """Yield the steps of one question as they happen (the last one is an answer or an error)."""
-        yield from self._run(_Trajectory(self, question, lang))
+        yield from self._run(Trajectory(self, question, lang))
 
     def answer(self, question: str, lang: str | None = None) -> Result:
         """One question, start to end, as one result."""
-        tr = _Trajectory(self, question, lang)
+        tr = Trajectory(self, question, lang)
         for _ in self._run(tr):
             pass
         return tr.result()
 
-    def _run(self, tr: _Trajectory):
+    def _run(self, tr: Trajectory):
         seen = 0
 
         def fresh():
@@ -348,7 +443,7 @@ class Agent:
 
     def run_batch(self, questions: list[str], langs: list[str] | None = None, progress=None) -> list[Result]:
         """Answer many questions, every turn batched through the backend."""
-        trs = [_Trajectory(self, q, (langs or [None] * len(questions))[i]) for i, q in enumerate(questions)]
+        trs = [Trajectory(self, q, (langs or [None] * len(questions))[i]) for i, q in enumerate(questions)]
         for tr in trs:
             tr.start()
         for _ in range(self._limit()):

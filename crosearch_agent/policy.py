@@ -39,7 +39,8 @@ class Generation:
     finish_reason: str            # "stop" (a stop string or end of sequence) or "length"
     stop: str | None = None       # the stop string that ended generation, if any
     tokens: int = 0               # number of generated tokens
-    token_ids: list[int] = field(default_factory=list, compare=False)
+    token_ids: list[int] = field(default_factory=list, compare=False)  # as sampled, when the backend says
+    logprobs: list[float] = field(default_factory=list, compare=False)  # their sampling log-probabilities (training)
 
 
 def vllm_available() -> bool:

@@ -95,7 +95,7 @@ class Scripted(TurnRecorder):
         self.turns, self.prompts = turns, []
 
     def policy_turns(self, trajectories, streams, sampling):
-        self.prompts.append([s.last_prompt for s in streams])
+        self.prompts.append([tr.prompt_text for tr in trajectories])
         return [(self.encode(self.turns[len(s.turns)]), None) for s in streams]
 
 

@@ -1,18 +1,17 @@
 """Multi-turn rollouts for TRL, through the project's own agent loop, with exact token accounting.
 
-The agent (`crosearch_agent.agent`) re-renders its history as text each turn; training needs
-the exact tokens the policy produced and the exact tokens the environment inserted. A
-`TurnRecorder` is the agent's backend: the agent hands it each open trajectory with the
-prompt it built (`generate_turns`), and the recorder keeps, per trajectory, a token stream
+Every trajectory of the agent keeps a `Record` (crosearch_agent.agent): the question's prompt,
+then the environment's pieces (the forced first search, `<information>` blocks, each turn's
+opening) and the policy's turns with the token ids it sampled. `stream_of` turns a record
+into the token stream TRL trains on:
 
-    prompt_ids = the question's first prompt (instructions, examples, question, `<think>`)
-    completion_ids, env_mask = environment text (mask 0) | policy turn (mask 1) | environment | ...
+    prompt_ids = the question's prompt (instructions, examples, question, `<think>`)
+    completion_ids, env_mask = environment (mask 0) | policy turn (mask 1) | environment | ...
 
-The environment's text is whatever the agent's new prompt adds after the policy's last turn:
-the forced first search, `<information>` blocks, the final-answer nudge and the `<think>` that
-opens the next turn. It is tokenised on its own and masked; the policy's turn keeps the ids
-it was sampled as. Each turn is generated from `prompt_ids + completion_ids` so far, so the
-ids trained on are exactly the ids sampled.
+The environment's text is tokenised piece by piece and masked; the policy's turns keep the
+ids they were sampled as. A `TurnRecorder` is the agent's backend (a `RecordBackend`): each
+turn it generates from `prompt_ids + completion_ids` so far, so the ids trained on are
+exactly the ids sampled.
 
 `ModelTurns` samples with the model being trained (transformers `generate`), `VLLMTurns`
 with TRL's colocated vLLM engine (GPU); the format warm-up's scripted teacher subclasses the
@@ -23,13 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crosearch_agent import prompts
-from crosearch_agent.policy import Generation, PolicyError, cut_at_stop
+from crosearch_agent.agent import POLICY as POLICY_PIECE, Record
+from crosearch_agent.policy import Generation, cut_at_stop
 
 POLICY, ENV = 1, 0
 
 
 class RolloutError(RuntimeError):
-    """The agent loop and the token streams disagree (a bug, never a policy mistake)."""
+    """The rollouts could not run (the policy backend failed)."""
 
 
 @dataclass
@@ -42,102 +42,50 @@ class Stream:
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    segments: list[tuple[int, str]] = field(default_factory=list)   # (POLICY or ENV, text) in order
-    turns: list[str] = field(default_factory=list)                  # the policy's raw turns
-    last_prompt: str = ""
-    last_history: str = ""
-    started: bool = False
+    turns: list[str] = field(default_factory=list)                  # the policy's turns as generated
 
-    def add(self, source: int, text: str, ids: list[int], logprobs: list[float] | None = None) -> None:
-        if not ids:
-            return
+    def add(self, source: int, ids: list[int], logprobs: list[float] | None = None) -> None:
         self.completion_ids += ids
         self.env_mask += [source] * len(ids)
-        self.logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
-        self.segments.append((source, text))
+        self.logprobs += list(logprobs) if logprobs else [0.0] * len(ids)
 
 
-def env_text(stream: Stream, history: str, prompt: str) -> str:
-    """What the environment added since the policy's last turn (see module docstring).
-
-    `history` is the agent's trajectory text (it only grows) and `prompt` the prompt built
-    from it. After the first turn, the history grows by the policy's turn in canonical form
-    and, after a search, the `<information>` block (plus anything else the environment
-    adds); the canonical turn has no tag inside its think and an escaped query, so the first
-    `<information>` it gains is where the environment starts. The prompt then ends with the
-    opening of the next turn (`<think>`, or a prefilled answer opening), which is the
-    environment's too.
-    """
-    if not stream.started:
-        if not prompt.startswith(stream.last_prompt):
-            raise RolloutError("the agent's first prompt does not extend the question's prompt")
-        return prompt[len(stream.last_prompt):]
-    if not history.startswith(stream.last_history):
-        raise RolloutError("the agent's history changed instead of growing")
-    added = history[len(stream.last_history):]
-    at = added.find("\n" + prompts.INFORMATION_OPEN)
-    inserted = added[at:].rstrip("\n") if at >= 0 else ""
-    shown = history.rstrip("\n")
-    at = prompt.rfind(shown) if shown else -1
-    opening = prompt[at + len(shown):] if at >= 0 else prompt[len(stream.prompt_text) - len(prompts.THINK_OPEN):]
-    return inserted + ("" if opening.startswith("\n") else "\n") + opening
+def stream_of(record: Record, question: str, lang: str, tokenizer) -> Stream:
+    """A trajectory's record as token ids (see the module docstring)."""
+    stream = Stream(question, lang, record.prompt, tokenizer(record.prompt)["input_ids"])
+    for piece in record.pieces:
+        if piece.source == POLICY_PIECE:
+            stream.add(POLICY, piece.token_ids, piece.logprobs)
+            stream.turns.append(piece.text)
+        else:
+            stream.add(ENV, tokenizer(piece.text, add_special_tokens=False)["input_ids"])
+    return stream
 
 
 class TurnRecorder:
-    """An agent backend that records token streams; subclasses produce the policy's turns."""
+    """An agent backend that generates from the trajectories' token streams; subclasses
+    produce the policy's turns (`policy_turns`)."""
 
     backend = "training"
 
     def __init__(self, tokenizer, name: str = "policy"):
         self.tokenizer, self.name = tokenizer, name
-        self.streams: list[Stream] = []
-        self._by_trajectory: dict[int, Stream] = {}
-        self._keep: list = []  # the trajectories themselves, so their ids stay unique
-
-    def reset(self) -> None:
-        self.streams, self._by_trajectory, self._keep = [], {}, []
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _stream(self, trajectory) -> Stream:
-        stream = self._by_trajectory.get(id(trajectory))
-        if stream is None:
-            base = prompts.build_prompt(trajectory.question, trajectory.lang, "",
-                                        few_shot=trajectory.agent.settings.few_shot)
-            stream = Stream(trajectory.question, trajectory.lang, base,
-                            self.tokenizer(base)["input_ids"], last_prompt=base)
-            self._by_trajectory[id(trajectory)] = stream
-            self._keep.append(trajectory)
-            self.streams.append(stream)
-        return stream
-
-    # -- the agent's interface
-    def generate(self, prompts_: list[str], sampling) -> list[Generation]:
-        raise PolicyError("a training recorder generates through the agent's trajectories (generate_turns)")
-
-    def generate_turns(self, trajectories, prompts_: list[str], sampling) -> list[Generation]:
-        streams = []
-        for trajectory, prompt in zip(trajectories, prompts_):
-            stream = self._stream(trajectory)
-            text = env_text(stream, trajectory.history, prompt)
-            stream.add(ENV, text, self.encode(text))
-            stream.last_prompt, stream.last_history, stream.started = prompt, trajectory.history, True
-            streams.append(stream)
-        outs = self.policy_turns(trajectories, streams, sampling)
+    def continue_trajectories(self, trajectories, sampling) -> list[Generation]:
+        streams = [stream_of(tr.record, tr.question, tr.lang, self.tokenizer) for tr in trajectories]
         gens = []
-        for stream, (ids, logprobs) in zip(streams, outs):
-            raw = self.tokenizer.decode(ids, skip_special_tokens=True)
-            stream.add(POLICY, raw, list(ids), logprobs)
-            stream.turns.append(raw)
-            text, stop = cut_at_stop(raw, sampling.stop)
+        for ids, logprobs in self.policy_turns(trajectories, streams, sampling):
+            text, stop = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), sampling.stop)
             ended = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
             finish = "stop" if stop or ended else "length"
-            gens.append(Generation(text, finish, stop, len(ids), list(ids)))
+            gens.append(Generation(text, finish, stop, len(ids), list(ids), list(logprobs or [])))
         return gens
 
-    def policy_turns(self, trajectories, streams: list[Stream], sampling) -> list[tuple[list[int], list[float]]]:
-        """(token ids, their sampling log-probabilities) of one policy turn per stream."""
+    def policy_turns(self, trajectories, streams: list[Stream], sampling) -> list[tuple[list[int], list[float] | None]]:
+        """(token ids, their sampling log-probabilities or None) of one policy turn per stream."""
         raise NotImplementedError
 
 
@@ -267,23 +215,19 @@ class Rollout:
 
 def run_rollouts(agent, recorder: TurnRecorder, questions: list[str], langs: list[str]) -> list[Rollout]:
     """Run the agent over the questions with `recorder` as its backend; one rollout each."""
-    recorder.reset()
     agent.policy = recorder
     results = agent.run_batch(questions, langs)
     failed = [r.error for r in results if r.backend_failed]
     if failed:
         raise RolloutError(failed[0])
-    streams = iter(recorder.streams)
-    pending = next(streams, None)
     out = []
     for result in results:
-        if pending is not None and (pending.question, pending.lang) == (result.question, result.lang):
-            stream, pending = pending, next(streams, None)
-        else:  # never reached the policy (e.g. its first search failed): an empty rollout
-            base = prompts.build_prompt(result.question, result.lang, "", few_shot=agent.settings.few_shot)
-            stream = Stream(result.question, result.lang, base, recorder.tokenizer(base)["input_ids"])
+        record = result.record
+        if not record.prompt:  # refused before the agent built a prompt (e.g. an empty question)
+            record = Record(prompts.build_prompt(result.question, result.lang, "", few_shot=agent.settings.few_shot))
+        stream = stream_of(record, result.question, result.lang, recorder.tokenizer)
         if not stream.completion_ids:  # TRL reads each completion's last token
-            stream.add(ENV, "", [recorder.tokenizer.eos_token_id])
+            stream.add(ENV, [recorder.tokenizer.eos_token_id])
         answer_steps = [s for s in result.steps if s.kind == "answer"]
         answered = bool(answer_steps) and not answer_steps[-1].forced
         searches = result.searches

@@ -71,11 +71,6 @@ def search_turn(query: str, lang: str) -> str:
             f"{prompts.SEARCH_OPEN}{prompts.escape_document(query)}{prompts.SEARCH_CLOSE}")
 
 
-def _opening(prompt: str) -> str:
-    """How the prompt opened the policy's turn (`<think>`, or a prefilled opening)."""
-    return prompt[prompt.rfind("\n") + 1:]
-
-
 class TeacherTurns(TurnRecorder):
     """Plays the policy from the gold answers; records which trajectories it could support."""
 
@@ -84,17 +79,13 @@ class TeacherTurns(TurnRecorder):
         self.examples = examples            # (question, lang) -> (Example, lang)
         self.supported: dict[tuple[str, str], bool] = {}
 
-    def reset(self) -> None:
-        super().reset()
-        self.supported = {}
-
-    def turn(self, trajectory, prompt: str) -> str:
+    def turn(self, trajectory) -> str:
         example, lang = self.examples[(trajectory.question, trajectory.lang)]
         evidence = [s for s in trajectory.steps if s.kind == "evidence"]
         items = evidence[-1].items if evidence else []
         hit = find_gold(items, lang, example.golds_by_lang)
-        opening = _opening(prompt)
-        can_search = (opening == prompts.THINK_OPEN and not getattr(trajectory, "must_answer", False)
+        opening = trajectory.record.opening  # how the prompt opened the turn: `<think>`, or a prefilled opening
+        can_search = (opening == prompts.THINK_OPEN and not trajectory.must_answer
                       and trajectory.searches < trajectory.agent.settings.max_turns)
         variant = example.variant(lang)
         key = (trajectory.question, trajectory.lang)
@@ -114,11 +105,7 @@ class TeacherTurns(TurnRecorder):
         return full
 
     def policy_turns(self, trajectories, streams, sampling):
-        out = []
-        for trajectory, stream in zip(trajectories, streams):
-            text = self.turn(trajectory, stream.last_prompt)
-            out.append((self.encode(text), None))
-        return out
+        return [(self.encode(self.turn(trajectory)), None) for trajectory in trajectories]
 
 
 # ---------------------------------------------------------------- the data set
