@@ -1,7 +1,10 @@
 """Where things live and the knobs everyone shares, in one typed place.
 
-`Settings` holds every option the command-line tools have in common; each field's
-`help` metadata becomes its `--flag` help text, so the CLI and the code cannot drift.
+`Settings` holds every option the command-line tools have in common. Options are dataclass
+fields made with `option`, whose help text (and any argparse keywords) `add_arguments` turns
+into `--flags`, so the CLI and the code cannot drift; training's config
+(`training.config.TrainConfig`) is parsed by the same function, with these settings nested
+in it as `--agent.NAME`.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,52 +56,115 @@ def language_codes(text: str) -> list[str]:
     return codes
 
 
-class _Languages(argparse.Action):
+class LanguageList(argparse.Action):
     """`--languages de,zh ar` -> ["de", "zh", "ar"] (each argument parsed by `language_codes`)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, list(dict.fromkeys(code for codes in values for code in codes)))
 
 
-def _opt(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def option(default=dataclasses.MISSING, help: str = "", *, factory=None, **argparse_kw):
+    """A dataclass field with its command-line help; `argparse_kw` go to its `--flag`
+    (`type`, `choices`, `nargs`...; `keys` names a dict's entries, one flag each)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help, **argparse_kw})
+    return field(default=default, metadata={"help": help, **argparse_kw})
+
+
+def parse_bool(text) -> bool:
+    """A yes/no flag's value: true/false, yes/no, on/off, 1/0."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _flag_type(hint):
+    """The argparse `type` for a field's type hint (None: plain text)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    hint = args[0] if len(args) == 1 else hint  # X | None -> X
+    return {bool: parse_bool, int: int, float: float}.get(hint)
+
+
+def add_arguments(parser, cls, only=None, exclude=(), prefix: str = "", overrides: bool = False) -> list[str]:
+    """One `--flag` per field of the dataclass `cls`, named as the field (`--few-shot`; with
+    `overrides` also `--few_shot`, the spelling of the YAML keys). A nested dataclass field's
+    fields become `--NAME.FIELD`, a dict field with `keys` one `--NAME.KEY` per entry; `dest`
+    is the dotted name. `overrides`: a flag left out is absent from the parsed namespace (the
+    config file's value stands). Returns the dests added."""
+    hints = typing.get_type_hints(cls)
+    dests = []
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name in exclude:
+            continue
+        meta = dict(f.metadata)
+        help_text = meta.pop("help", "")
+        name = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            dests += add_arguments(parser, hints[f.name], exclude=meta.get("exclude", ()), prefix=name + ".",
+                                   overrides=overrides)
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if "keys" in meta:
+            for key in meta.pop("keys"):
+                dests += _add_flag(parser, f"{name}.{key}", f"{help_text}: {key}", default.get(key), meta, overrides)
+            continue
+        if "type" not in meta and "action" not in meta and _flag_type(hints[f.name]):
+            meta["type"] = _flag_type(hints[f.name])
+        dests += _add_flag(parser, name, help_text, default, meta, overrides)
+    return dests
+
+
+def _add_flag(parser, name: str, help_text: str, default, meta: dict, overrides: bool) -> list[str]:
+    flags = ["--" + name.replace("_", "-")]
+    if overrides and "_" in name:
+        flags.append("--" + name)
+    text = f"{help_text} (default: {default})".replace("%", "%%")  # argparse formats help with %
+    parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS if overrides else default, help=text, **meta)
+    return [name]
+
+
+def nested(values: dict) -> dict:
+    """Dotted keys as nested dicts: {"agent.k": 3} -> {"agent": {"k": 3}}."""
+    out: dict = {}
+    for key, value in values.items():
+        *outer, last = key.split(".")
+        node = out
+        for part in outer:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
 
 
 @dataclass
 class Settings:
-    collection: str = _opt("xquad-partial", "collection to search; combine with '+', e.g. xquad-partial+wiki-summaries")
-    languages: list[str] | None = _opt(None, "languages to index/search, e.g. 'de zh' or 'de,zh' (default: all languages of the collection)", nargs="+", type=language_codes, action=_Languages)
-    embedder: str = _opt(BUNDLED_EMBEDDER, "sentence-transformers model id or folder (default: the bundled multilingual-e5-small)")
-    index_type: str = _opt("flat", "FAISS index: 'flat' (exact inner product) or 'hnsw' (approximate, for large collections)", choices=["flat", "hnsw"])
-    k: int = _opt(5, "evidence items returned per search")
-    align_threshold: float = _opt(0.75, "least cosine for two mutually closest passages in different languages to count as translations")
-    rrf_k: int = _opt(60, "reciprocal rank fusion constant: vote = exp(score_weight * z) / (rrf_k + rank)")
-    score_weight: float = _opt(2.0, "weight of a hit's within-language standardised score in rank fusion (0: plain RRF)")
-    detector: str = _opt("py3langid", "language detector", choices=["py3langid", "langdetect"])
-    backend: str | None = _opt(None, "policy backend: vllm (in-process), openai (a running server) or transformers; default: vllm when installed", choices=["vllm", "openai", "transformers"])
-    policy: str | None = _opt(None, "policy model folder or hub id (default: the newest training checkpoint, else the bundled Gemma 3 270M)")
-    base_url: str | None = _opt(None, "OpenAI-compatible server for --backend openai, e.g. http://127.0.0.1:8000/v1")
-    max_turns: int = _opt(3, "most search turns before the policy must answer")
-    force_first_search: bool = _opt(True, "start with the user's question as the first search (base models rarely search unprompted)", type=lambda v: str(v).lower() in ("1", "true", "yes", "on"))
-    force_global_search: bool = _opt(True, "after the forced local search, also search every language with the question (base models rarely search twice)", type=lambda v: str(v).lower() in ("1", "true", "yes", "on"))
-    temperature: float = _opt(0.0, "sampling temperature of the policy (0: greedy)")
-    max_new_tokens: int = _opt(128, "most tokens the policy may write per turn")
-    few_shot: int = _opt(3, "worked examples in the prompt (XQuAD train split), 0 for none")
-    data_dir: str | None = _opt(None, "folder with local copies of the data sets (else CROSEARCH_DATA_DIR, ../shared/data, then the hub)")
-    seed: int = _opt(0, "random seed")
-    retriever_url: str | None = _opt(None, "use a running retrieval service (python -m crosearch_agent.serve_retrieval) instead of loading indexes, e.g. http://127.0.0.1:8100")
+    collection: str = option("xquad-partial", "collection to search; combine with '+', e.g. xquad-partial+wiki-summaries")
+    languages: list[str] | None = option(None, "languages to index/search, e.g. 'de zh' or 'de,zh' (default: all languages of the collection)", nargs="+", type=language_codes, action=LanguageList)
+    embedder: str = option(BUNDLED_EMBEDDER, "sentence-transformers model id or folder (default: the bundled multilingual-e5-small)")
+    index_type: str = option("flat", "FAISS index: 'flat' (exact inner product) or 'hnsw' (approximate, for large collections)", choices=["flat", "hnsw"])
+    k: int = option(5, "evidence items returned per search")
+    align_threshold: float = option(0.75, "least cosine for two mutually closest passages in different languages to count as translations")
+    rrf_k: int = option(60, "reciprocal rank fusion constant: vote = exp(score_weight * z) / (rrf_k + rank)")
+    score_weight: float = option(2.0, "weight of a hit's within-language standardised score in rank fusion (0: plain RRF)")
+    detector: str = option("py3langid", "language detector", choices=["py3langid", "langdetect"])
+    backend: str | None = option(None, "policy backend: vllm (in-process), openai (a running server) or transformers; default: vllm when installed", choices=["vllm", "openai", "transformers"])
+    policy: str | None = option(None, "policy model folder or hub id (default: the newest training checkpoint, else the bundled Gemma 3 270M)")
+    base_url: str | None = option(None, "OpenAI-compatible server for --backend openai, e.g. http://127.0.0.1:8000/v1")
+    max_turns: int = option(3, "most search turns before the policy must answer")
+    force_first_search: bool = option(True, "start with the user's question as the first search (base models rarely search unprompted)")
+    force_global_search: bool = option(True, "after the forced local search, also search every language with the question (base models rarely search twice)")
+    temperature: float = option(0.0, "sampling temperature of the policy (0: greedy)")
+    max_new_tokens: int = option(128, "most tokens the policy may write per turn")
+    few_shot: int = option(3, "worked examples in the prompt (XQuAD train split), 0 for none")
+    data_dir: str | None = option(None, "folder with local copies of the data sets (else CROSEARCH_DATA_DIR, ../shared/data, then the hub)")
+    seed: int = option(0, "random seed")
+    retriever_url: str | None = option(None, "use a running retrieval service (python -m crosearch_agent.serve_retrieval) instead of loading indexes, e.g. http://127.0.0.1:8100")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, only: list[str] | None = None) -> None:
-        for f in dataclasses.fields(cls):
-            if only is not None and f.name not in only:
-                continue
-            meta = dict(f.metadata)
-            help_text = meta.pop("help")
-            flag = "--" + f.name.replace("_", "-")
-            if f.type in ("int", "float"):  # annotations are strings here (postponed evaluation)
-                meta.setdefault("type", {"int": int, "float": float}[f.type])
-            parser.add_argument(flag, dest=f.name, default=f.default, help=f"{help_text} (default: %(default)s)", **meta)
+        add_arguments(parser, cls, only)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":

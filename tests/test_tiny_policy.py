@@ -73,7 +73,7 @@ def test_one_grpo_step_changes_the_policy_from_rollouts_over_three_languages(tin
     questions = {"de": QUESTION, "en": "Who won Super Bowl 50?", "zh": "谁赢得了第50届超级碗？"}
     variants = {l: Variant(l, questions[l], golds[l]) for l in questions}
     rows = {"xquad/q/de": Example("xquad/q/de", "xquad/q", "xquad", "c", "de", "T", 0, variants)}
-    cfg = load_config(None, {"num_generations": 3, "group_languages": 3, "max_new_tokens": 8, "temperature": 1.0})
+    cfg = load_config(None, {"num_generations": 3, "group_languages": 3, "agent": {"max_new_tokens": 8, "temperature": 1.0}})
     settings = _settings(temperature=1.0, max_new_tokens=8, force_global_search=False)
     stats = RolloutStats()
     rollouts = make_rollout_func(rows, cfg, lambda collection: Agent(None, FixedEvidence(), settings),
@@ -96,7 +96,7 @@ def test_one_grpo_step_changes_the_policy_from_rollouts_over_three_languages(tin
                       per_device_train_batch_size=3, gradient_accumulation_steps=1, learning_rate=1e-2, beta=0.0,
                       temperature=1.0, max_completion_length=8, report_to="none", logging_steps=1,
                       save_strategy="no", mask_truncated_completions=False)
-    trainer = make_trainer_class(on_cpu=True)(
+    trainer = make_trainer_class()(
         model=model, reward_funcs=[by_language], args=args,
         train_dataset=Dataset.from_dict({"prompt": ["xquad/q/de"] * 3}), processing_class=bundled_tokenizer,
         rollout_func=rollout_func)

@@ -1,6 +1,7 @@
 """Training runs: configs and overrides, atomic checkpoints and publishing, resuming; and (slow)
 the cpu-smoke run end to end: warm-up, GRPO interrupted and resumed, the policy published,
 then the agent answering with it through the vLLM engine."""
+import argparse
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from crosearch_agent import policy_folders
 from crosearch_agent.config import REPO_ROOT, data_home
 from crosearch_agent.policy_folders import latest_checkpoint
 from training import checkpoints
-from training.config import CONFIG_DIR, load_config, parse_overrides
+from training.config import CONFIG_DIR, config_from_command_line, load_config
 
 
 # ---------------------------------------------------------------- configs
@@ -27,11 +28,27 @@ def test_every_config_loads_and_overrides_type_themselves():
             continue
         cfg = load_config(path.stem)
         assert cfg.name == path.stem and cfg.num_generations >= 2
-    cfg = load_config("cpu-smoke", parse_overrides(["--steps", "7", "--multilingual", "false", "--policy", "some/dir",
-                                                     "--reward_weights.format", "0.5", "--agent-options.k", "4"]))
-    assert (cfg.steps, cfg.multilingual, cfg.policy) == (7, False, "some/dir")
+    _, cfg = config_from_command_line(argparse.ArgumentParser(), [
+        "--config", "cpu-smoke", "--steps", "7", "--multilingual", "false", "--policy", "some/dir",
+        "--reward_weights.format", "0.5", "--agent.k", "4", "--agent.force-global-search", "true",
+        "--languages", "de,zh", "ar"])
+    assert (cfg.steps, cfg.multilingual, cfg.policy, cfg.languages) == (7, False, "some/dir", ["de", "zh", "ar"])
     assert cfg.reward_weights == {"answer": 1.0, "format": 0.5, "language": 0.2}
-    assert cfg.agent_options["k"] == 4 and cfg.agent_options["force_global_search"] is False
+    # the agent block: flags override entries, the file's other entries stand
+    assert (cfg.agent.k, cfg.agent.force_global_search, cfg.agent.max_new_tokens) == (4, True, 32)
+    assert load_config("cpu-smoke").agent.force_global_search is False
+
+
+def test_training_flags_have_help_and_bad_values_are_usage_errors(capsys):
+    parser = argparse.ArgumentParser()
+    with pytest.raises(SystemExit):
+        config_from_command_line(parser, ["--help"])
+    text = capsys.readouterr().out
+    assert "--sft_steps SFT_STEPS" in text and "warm-up optimizer steps" in text
+    assert "--agent.max-new-tokens" in text and "--agent.policy" not in text  # the run's own options say which policy
+    for bad in (["--agent.k", "three"], ["--multilingual", "maybe"], ["--languages", "xx"], ["--stepz", "3"]):
+        with pytest.raises(SystemExit):
+            config_from_command_line(argparse.ArgumentParser(), bad)
 
 
 @pytest.mark.parametrize("overrides, message", [({"stepz": 3}, "unknown training option"),
@@ -40,7 +57,9 @@ def test_every_config_loads_and_overrides_type_themselves():
                                                 ({"reward_weights": {"style": 1}}, "unknown reward"),
                                                 ({"steps": -3}, "steps must be at least 1, not -3"),
                                                 ({"per_device_batch_size": 0}, "per_device_batch_size must be at least 1"),
-                                                ({"sft_steps": -1}, "sft_steps must be >= 0")])
+                                                ({"sft_steps": -1}, "sft_steps must be >= 0"),
+                                                ({"agent": {"k": 0}}, "agent.k must be at least 1"),
+                                                ({"agent": {"policy": "x"}}, "unknown agent option")])
 def test_bad_configs_are_refused_with_a_clear_message(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config("cpu-smoke", overrides)
@@ -229,7 +248,7 @@ def test_grpo_scores_only_policy_tokens_and_matches_trl_there(tmp_path, monkeypa
                                                head_dim=16))
     args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, num_generations=2, temperature=0.7,
                       per_device_train_batch_size=2, report_to="none", max_steps=1)
-    trainer = make_trainer_class(on_cpu=True)(
+    trainer = make_trainer_class()(
         model=model, reward_funcs=[lambda prompts, completions, **_: [0.0] * len(prompts)], args=args,
         train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}), processing_class=tok)
     ids = torch.randint(5, 1000, (2, 30))

@@ -1,5 +1,8 @@
-"""One training run's settings: a YAML file (`training/configs/NAME.yaml`) plus `--key value`
-overrides from the command line, checked against one typed dataclass.
+"""One training run's settings: a YAML file (`training/configs/NAME.yaml`) plus flags from the
+command line, checked by one typed dataclass when it is made. The flags come from the fields'
+help text through the parser the app's `Settings` use; the agent's settings are nested in it
+(`agent:` in the file, `--agent.k 3` on the command line), so rollouts, the warm-up and the
+served policy share one source for k, turns and the token budget.
 
 Every path a run writes is derived here from the data home, so the warm-up, GRPO and the
 published policy always agree on where things are:
@@ -12,85 +15,97 @@ published policy always agree on where things are:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from crosearch_agent.config import REPO_ROOT, data_home
-from crosearch_agent.policy_folders import BUNDLED_POLICY
+from crosearch_agent.config import (REPO_ROOT, Settings, LanguageList, add_arguments, data_home, language_codes, nested,
+                                    option, parse_bool)
 from crosearch_agent.languages import XQUAD_LANGS
+from crosearch_agent.policy_folders import BUNDLED_POLICY
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+REWARD_WEIGHTS = {"answer": 1.0, "format": 0.2, "language": 0.2}
+# Settings fields that mean nothing to a training run (its own options say which policy, seed).
+NOT_AGENT_OPTIONS = ("policy", "backend", "base_url", "data_dir", "seed")
+
+
+def training_agent() -> Settings:
+    """The agent of a training run unless its config says otherwise: few, short turns, no
+    worked examples (the warm-up teaches the format), sampling at temperature 1 (GRPO)."""
+    return Settings(k=3, max_turns=2, max_new_tokens=64, few_shot=0, temperature=1.0)
 
 
 @dataclass
 class TrainConfig:
-    name: str = "run"
+    name: str = option("run", "the run's name: its folders under the data home are named after it")
     # -- policies
-    base_policy: str = BUNDLED_POLICY           # what the warm-up starts from
-    policy: str | None = None                    # GRPO's start; None: this run's warm-up (made first when missing)
-    warmup: bool = True                          # run the format warm-up before GRPO when its checkpoint is missing
-    # -- data and retrieval (agent options mean what they mean in crosearch_agent.config.Settings)
-    collection: str = "xquad-partial"
-    tydiqa_collection: str = "tydiqa-goldp"
-    tydiqa_share: float = 0.0                    # share of TyDi GoldP train questions among the examples
-    languages: list[str] = field(default_factory=lambda: list(XQUAD_LANGS))
-    embedder: str = "bundled:multilingual-e5-small"
-    retriever_url: str | None = None             # a running retrieval service instead of local indexes
-    k: int = 3
-    max_turns: int = 2
-    max_new_tokens: int = 64
-    few_shot: int = 0
-    force_first_search: bool = True
-    agent_options: dict = field(default_factory=dict)  # any other Settings field, e.g. force_global_search
+    base_policy: str = option(BUNDLED_POLICY, "the policy the warm-up starts from")
+    policy: str | None = option(None, "GRPO's start (default: this run's warm-up, made first when missing)")
+    warmup: bool = option(True, "run the format warm-up before GRPO when its checkpoint is missing")
+    # -- the agent: retrieval, turns, token budget (one source for rollouts, the warm-up and serving)
+    agent: Settings = option(factory=training_agent, exclude=NOT_AGENT_OPTIONS,
+                             help="the agent's settings for rollouts and the warm-up, as the app's flags mean them; "
+                                  "the trained policy is served with them")
+    # -- data
+    tydiqa_collection: str = option("tydiqa-goldp", "collection of the TyDi GoldP questions")
+    tydiqa_share: float = option(0.0, "share of TyDi GoldP train questions among the examples, in [0, 1)")
+    languages: list[str] = option(factory=lambda: list(XQUAD_LANGS), help="question languages to train on",
+                                  nargs="+", type=language_codes, action=LanguageList)
     # -- multilingual GRPO groups
-    multilingual: bool = True                    # False: every rollout of a group in the row's own language
-    group_languages: int = 3                     # languages per group: the row's own, English, then random others
+    multilingual: bool = option(True, "spread each GRPO group over several languages (false: every rollout in the "
+                                      "row's own language)")
+    group_languages: int = option(3, "languages per group: the row's own, English, then random others")
     # -- format warm-up (SFT)
-    sft_examples: int = 64                       # 0: every XQuAD train question in every language, plus every
-                                                 # TyDi GoldP train question when tydiqa_share > 0
-    sft_steps: int = 20
-    sft_batch_size: int = 1
-    sft_grad_accum: int = 4
-    sft_learning_rate: float = 2e-5
-    sft_max_length: int = 2048
-    sft_epochs: float = 0                        # > 0: train this many passes over the rows (sft_steps then ignored)
-    sft_save_steps: int = 25                     # resumable warm-up checkpoints every this many optimizer steps
+    sft_examples: int = option(64, "warm-up questions; 0: every XQuAD train question in every language, plus every "
+                                   "TyDi GoldP train question when tydiqa_share > 0")
+    sft_steps: int = option(20, "warm-up optimizer steps")
+    sft_batch_size: int = option(1, "warm-up rows per forward pass")
+    sft_grad_accum: int = option(4, "warm-up forward passes per optimizer step")
+    sft_learning_rate: float = option(2e-5, "warm-up learning rate")
+    sft_max_length: int = option(2048, "warm-up rows longer than this many tokens are dropped")
+    sft_epochs: float = option(0.0, "> 0: train this many passes over the rows (sft_steps is then ignored)")
+    sft_save_steps: int = option(25, "resumable warm-up checkpoints every this many optimizer steps")
     # -- LoRA (peft) for the warm-up: a small adapter that can ship in the repo (policies/)
-    lora_r: int = 0                              # 0: full fine-tuning of the body
-    lora_alpha: int = 64
-    lora_layers: int = 0                         # adapt only the top N decoder layers (0: all); the backward pass
-                                                 # then stops at the lowest adapted layer (faster on CPU)
+    lora_r: int = option(0, "LoRA rank; 0: full fine-tuning of the body")
+    lora_alpha: int = option(64, "LoRA alpha")
+    lora_layers: int = option(0, "adapt only the top N decoder layers (0: all); the backward pass then stops at "
+                                 "the lowest adapted layer (faster on CPU)")
     # -- GRPO
-    steps: int = 10
-    num_generations: int = 4
-    questions_per_step: int = 1
-    per_device_batch_size: int = 1
-    learning_rate: float = 1e-6
-    beta: float = 0.01                           # KL to the start policy (0 skips the reference model)
-    temperature: float = 1.0
-    answer_metric: str = "f1"                    # f1 or em, against the gold in the rollout's language
-    reward_weights: dict = field(default_factory=lambda: {"answer": 1.0, "format": 0.2, "language": 0.2})
-    save_steps: int = 5
-    save_total_limit: int = 2
-    seed: int = 0
+    steps: int = option(10, "GRPO optimizer steps")
+    num_generations: int = option(4, "rollouts per question (a GRPO group)")
+    questions_per_step: int = option(1, "questions per optimizer step")
+    per_device_batch_size: int = option(1, "rollouts per forward pass")
+    learning_rate: float = option(1e-6, "GRPO learning rate")
+    beta: float = option(0.01, "KL to the start policy (0 skips the reference model)")
+    answer_metric: str = option("f1", "answer reward against the gold in the rollout's language", choices=["f1", "em"])
+    reward_weights: dict = option(factory=lambda: dict(REWARD_WEIGHTS), keys=tuple(REWARD_WEIGHTS), type=float,
+                                  help="weight of each reward (answer, format, language); unset ones keep their default")
+    save_steps: int = option(5, "GRPO checkpoints every this many steps")
+    save_total_limit: int = option(2, "GRPO checkpoints kept")
+    seed: int = option(0, "random seed (data order, language assignment, sampling)")
     # -- hardware
-    device: str = "auto"                         # auto, cpu or cuda
-    bf16: bool = True
-    model_dtype: str = "bfloat16"                # weights on GPU (CPU runs keep float32 weights; bf16 autocast
-                                                 # only on CPUs with native bf16)
-    gradient_checkpointing: bool = False
-    freeze_embeddings: bool = False              # keep the (tied) token embedding / LM head fixed: for Gemma 3 270M
-                                                 # 62% fewer trained parameters, so far less optimizer memory
-    use_vllm: bool = False                       # rollouts through TRL's vLLM engine (GPU only, colocate mode)
-    vllm_mode: str = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
-    publish: bool | str = True                   # point <data home>/checkpoints/latest at the result when the gate
-                                                 # finds it not worse than the policy served now; "force": always
-    gate_questions: int = 4                      # the gate's dev slice: this many XQuAD dev questions per language
-    gate_tolerance: float = 0.0                  # how much lower F1 / format-valid rate may be and still publish
-    gate_backend: str | None = None              # backend of the gate's eval (default: vllm when installed)
+    device: str = option("auto", "where to train", choices=["auto", "cpu", "cuda"])
+    bf16: bool = option(True, "bf16 mixed precision (on CPU only where it is native)")
+    model_dtype: str = option("bfloat16", "weights on GPU (CPU runs keep float32 weights)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    freeze_embeddings: bool = option(False, "keep the (tied) token embedding / LM head fixed: for Gemma 3 270M 62% "
+                                            "fewer trained parameters, so far less optimizer memory")
+    use_vllm: bool = option(False, "rollouts through TRL's vLLM engine (GPU only, colocate mode)")
+    vllm_mode: str = option("colocate", "TRL's vLLM mode")
+    vllm_gpu_memory_utilization: float = option(0.3, "share of GPU memory for TRL's vLLM engine")
+    publish: bool | str = option(True, "point <data home>/checkpoints/latest at the result when the gate finds it not "
+                                       "worse than the policy served now; force: always", type=lambda v: _publish(v))
+    gate_questions: int = option(4, "the gate's dev slice: this many XQuAD dev questions per language")
+    gate_tolerance: float = option(0.0, "how much lower F1 / format-valid rate may be and still publish")
+    gate_backend: str | None = option(None, "backend of the gate's eval (default: vllm when installed)")
+
+    def __post_init__(self):
+        if isinstance(self.agent, dict):
+            self.agent = agent_from(self.agent)
+        self.reward_weights = {**REWARD_WEIGHTS, **self.reward_weights}
+        self.check()
 
     # ---------------------------------------------------------------- derived paths
     @property
@@ -109,6 +124,9 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return data_home() / "training" / self.name
 
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
     def check(self) -> "TrainConfig":
         problems = []
         if self.answer_metric not in ("f1", "em"):
@@ -119,7 +137,7 @@ class TrainConfig:
             problems.append("per_device_batch_size must divide questions_per_step * num_generations")
         if not 0.0 <= self.tydiqa_share < 1.0:
             problems.append("tydiqa_share must be in [0, 1)")
-        unknown = set(self.reward_weights) - {"answer", "format", "language"}
+        unknown = set(self.reward_weights) - set(REWARD_WEIGHTS)
         if unknown:
             problems.append(f"unknown reward weights {sorted(unknown)}; use answer, format, language")
         if self.publish not in (True, False, "force"):
@@ -129,19 +147,32 @@ class TrainConfig:
         if self.group_languages < 1:
             problems.append("group_languages must be at least 1")
         for name in ("steps", "questions_per_step", "per_device_batch_size", "sft_batch_size", "sft_grad_accum",
-                     "max_new_tokens", "save_steps", "sft_save_steps"):
+                     "save_steps", "sft_save_steps"):
             if getattr(self, name) < 1:  # a negative step count reads as "train for every epoch" to transformers
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("sft_steps", "sft_examples", "sft_epochs", "gate_questions"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, not {getattr(self, name)}")
+        for name in ("k", "max_turns", "max_new_tokens"):
+            if getattr(self.agent, name) < 1:
+                problems.append(f"agent.{name} must be at least 1, not {getattr(self.agent, name)}")
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
         return self
 
 
-def _field_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainConfig)}
+def _publish(text):
+    return "force" if str(text).lower() == "force" else parse_bool(text)
+
+
+def agent_from(options: dict) -> Settings:
+    """The training agent with `options` (a config's `agent:` block) applied; unknown names
+    are refused."""
+    known = {f.name for f in dataclasses.fields(Settings)} - set(NOT_AGENT_OPTIONS)
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"unknown agent option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return dataclasses.replace(training_agent(), **options)
 
 
 def find_config(name_or_path: str) -> Path:
@@ -154,29 +185,9 @@ def find_config(name_or_path: str) -> Path:
     raise ValueError(f"no training config {name_or_path!r}; known: {known}")
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """`--key value` pairs (values read as YAML, so numbers and lists type themselves);
-    `--reward_weights.answer 2` sets one entry of a dict; `--flag` alone means true."""
-    out: dict = {}
-    i = 0
-    while i < len(items):
-        key = items[i]
-        if not key.startswith("--"):
-            raise ValueError(f"expected --key value, got {key!r}")
-        key = key[2:].replace("-", "_")
-        if i + 1 < len(items) and not items[i + 1].startswith("--"):
-            value, i = yaml.safe_load(items[i + 1]), i + 2
-        else:
-            value, i = True, i + 1
-        if "." in key:
-            outer, inner = key.split(".", 1)
-            out.setdefault(outer, {})[inner] = value
-        else:
-            out[key] = value
-    return out
-
-
 def load_config(name_or_path: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """A config file (none: the defaults) with `overrides` on top; nested blocks (`agent`,
+    `reward_weights`) are merged entry by entry."""
     raw = {}
     if name_or_path:
         path = find_config(name_or_path)
@@ -185,45 +196,37 @@ def load_config(name_or_path: str | None = None, overrides: dict | None = None) 
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}
-        elif isinstance(value, dict) and key == "reward_weights":
-            raw[key] = {**TrainConfig().reward_weights, **value}
         else:
             raw[key] = value
-    unknown = set(raw) - _field_names()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(raw) - known
     if unknown:
-        raise ValueError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(_field_names())}")
-    return TrainConfig(**raw).check()
+        raise ValueError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return TrainConfig(**raw)
 
 
 def config_from_command_line(parser, argv=None, default: str | None = "cpu-smoke"):
-    """Parse a training command line: `--config NAME` and any `--key value` overrides after
-    the parser's own flags. Returns (args, config), or (args, None) when the config is refused
-    (the reason is printed)."""
+    """Parse a training command line: `--config NAME` and any training option as a flag
+    (`--sft_steps 20`, `--agent.k 3`, `--reward_weights.format 0.5`), which overrides the
+    config file. Returns (args, config), or (args, None) when the config is refused (the
+    reason is printed)."""
     import sys
 
     parser.add_argument("--config", default=default, required=default is None,
                         help="a file in training/configs (name or path)")
-    args, rest = parser.parse_known_args(argv)
+    group = parser.add_argument_group("training options (each overrides the config file's value)")
+    dests = add_arguments(group, TrainConfig, overrides=True)
+    args = parser.parse_args(argv)
     try:
-        return args, load_config(args.config, parse_overrides(rest))
+        return args, load_config(args.config, nested({d: getattr(args, d) for d in dests if hasattr(args, d)}))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return args, None
 
 
-def agent_settings(cfg: TrainConfig, collection: str | None = None):
-    """The agent's `Settings` for rollouts of this run (same meaning as the app's flags)."""
-    from crosearch_agent.config import Settings
-
-    known = {f.name for f in dataclasses.fields(Settings)}
-    unknown = set(cfg.agent_options) - known
-    if unknown:
-        raise ValueError(f"unknown agent option(s) {sorted(unknown)} in agent_options; known: {sorted(known)}")
-    return Settings(**{**dict(collection=collection or cfg.collection, embedder=cfg.embedder, k=cfg.k,
-                                max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, few_shot=cfg.few_shot,
-                                force_first_search=cfg.force_first_search, temperature=cfg.temperature,
-                                seed=cfg.seed), **({"retriever_url": cfg.retriever_url} if cfg.retriever_url else {}),
-                       **cfg.agent_options})
+def agent_settings(cfg: TrainConfig, collection: str | None = None) -> Settings:
+    """The agent's `Settings` for rollouts of this run over `collection` (default: the agent's)."""
+    return dataclasses.replace(cfg.agent, collection=collection or cfg.agent.collection, seed=cfg.seed)
 
 
 def device_kind(cfg: TrainConfig) -> str:
@@ -243,17 +246,3 @@ def trainer_device_args(cfg: TrainConfig) -> dict:
 
         return {"use_cpu": True, "bf16": cfg.bf16 and cpu_has_native_bf16()}
     return {"bf16": cfg.bf16}
-
-
-def score_labelled_positions_only() -> None:
-    """Make TRL's fused LM head project only the positions that have a label on every
-    device, as it does on GPUs.
-
-    It decides by `_use_triton` whether to score the labelled positions alone or every
-    position (the latter kept for Neuron's fixed shapes); its CPU kernel handles both. Our
-    sequences are mostly retrieved text (no label), so this skips most of the LM head, the
-    largest matrix of a small model (Gemma 3 270M: 168M of its 270M parameters).
-    """
-    import trl.trainer.utils as trl_utils
-
-    trl_utils._use_triton = lambda device: True

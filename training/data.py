@@ -85,7 +85,7 @@ def load_examples(cfg, n: int | None = None, data_dir=None) -> list[Example]:
     `cfg.tydiqa_share` of the total when that is above zero. `n` 0: every XQuAD train row
     and, when `tydiqa_share` is above zero, every TyDi train row."""
     rng = random.Random(f"{cfg.seed}/examples")
-    xquad = xquad_examples(cfg.languages, cfg.collection, data_dir)
+    xquad = xquad_examples(cfg.languages, cfg.agent.collection, data_dir)
     rng.shuffle(xquad)
     examples = xquad
     if n == 0:

@@ -67,7 +67,7 @@ def grpo_args(cfg: TrainConfig):
         output_dir=str(cfg.run_dir), max_steps=cfg.steps, per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=per_step // (cfg.per_device_batch_size * processes),
         num_generations=cfg.num_generations, learning_rate=cfg.learning_rate, beta=cfg.beta,
-        temperature=cfg.temperature, top_p=1.0, top_k=0, max_completion_length=cfg.max_new_tokens,
+        temperature=cfg.agent.temperature, top_p=1.0, top_k=0, max_completion_length=cfg.agent.max_new_tokens,
         reward_weights=[float(cfg.reward_weights.get(name, 0.0)) for name in REWARD_NAMES],
         mask_truncated_completions=False, logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=None, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
@@ -77,7 +77,7 @@ def grpo_args(cfg: TrainConfig):
         log_completions=False, **extra, **trainer_device_args(cfg))
 
 
-def make_trainer_class(on_cpu: bool):
+def make_trainer_class():
     """GRPOTrainer with atomic checkpoints that scores log-probabilities on the policy's
     tokens only.
 
@@ -86,18 +86,13 @@ def make_trainer_class(on_cpu: bool):
     the LM head (`training.head.scored_logps`, the warm-up's fast path). The mask comes from
     the batch (`tool_mask`) in the loss, and from the rollout for the old/reference
     log-probabilities computed right after generation. Without a mask (or for what this
-    path does not cover) TRL's own fused head runs, told on CPU to skip unlabelled positions.
+    path does not cover) TRL's own fused head runs.
     """
     import torch
     from trl import GRPOTrainer
 
     from training.checkpoints import AtomicCheckpoints
     from training.head import scored_logps
-
-    if on_cpu:
-        from training.config import score_labelled_positions_only
-
-        score_labelled_positions_only()
 
     class Trainer(AtomicCheckpoints, GRPOTrainer):
         score_mask = None
@@ -188,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
                              "continue it with --resume or start over with --restart")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.__dict__, indent=2, default=str))
+    (run_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2, default=str))
 
     agent_for = make_agent_factory(cfg)
     policy = start_policy(cfg, log) if resume_from is None else json.loads(
@@ -210,7 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
         trainer.score_mask = env_mask_tensor(out["env_mask"], trainer.accelerator.device)
         return out
 
-    Trainer = make_trainer_class(device_kind(cfg) == "cpu")
+    Trainer = make_trainer_class()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*rollout_func.*")
         model = load_trainable(policy, cfg) if cfg.freeze_embeddings else policy
@@ -228,7 +223,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     rows = logger.rows
     info = {"kind": "grpo", "run": cfg.name, "start_policy": policy, "steps": trainer.state.global_step,
             "train_seconds": result.metrics.get("train_runtime"), "wall_seconds": round(time.perf_counter() - t0, 1),
-            "device": device_kind(cfg), "agent": agent_options(cfg), "config": cfg.__dict__,
+            "device": device_kind(cfg), "agent": agent_options(cfg), "config": cfg.as_dict(),
             "first_step": rows[0] if rows else None, "last_step": rows[-1] if rows else None}
     state = trainer.accelerator.get_state_dict(trainer.model)  # gathers ZeRO-3 shards (every process takes part)
     if trainer.accelerator.is_main_process:

@@ -190,13 +190,13 @@ def _teacher_chunk(cfg: TrainConfig, tokenizer, agent_for, examples) -> dict:
                 n_supported += 1
                 kept_cross += r.global_searches > 0
                 streams.append(r.stream)
-    return {"rows": sft_rows(streams, cfg.sft_max_length, cfg.max_new_tokens), "supported": n_supported,
+    return {"rows": sft_rows(streams, cfg.sft_max_length, cfg.agent.max_new_tokens), "supported": n_supported,
             "with_global_search": kept_cross}
 
 
 def _data_key(cfg: TrainConfig, tokenizer, n_examples: int) -> dict:
     """What the cached rows depend on."""
-    return {"examples": n_examples, "seed": cfg.seed, "collection": cfg.collection, "tydiqa_share": cfg.tydiqa_share,
+    return {"examples": n_examples, "seed": cfg.seed, "collection": cfg.agent.collection, "tydiqa_share": cfg.tydiqa_share,
             "languages": cfg.languages, "max_length": cfg.sft_max_length, "agent": agent_options(cfg),
             "tokenizer": tokenizer.name_or_path and Path(tokenizer.name_or_path).name, "vocab": len(tokenizer)}
 
@@ -417,7 +417,7 @@ def make_agent_factory(cfg: TrainConfig):
         if collection not in agents:
             settings = agent_settings(cfg, collection)
             if not embedder and not getattr(settings, "retriever_url", None):
-                embedder.append(Embedder(cfg.embedder))
+                embedder.append(Embedder(cfg.agent.embedder))
             try:
                 retriever = load_retriever(settings, embedder[0] if embedder else None)
             except StoreError as err:
@@ -430,7 +430,7 @@ def make_agent_factory(cfg: TrainConfig):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.sft", description=__doc__.splitlines()[0],
-                                     epilog="Any training option can follow as --key value (see training/config.py).")
+                                     epilog="The config file's options can be overridden by the flags above.")
     _, cfg = config_from_command_line(parser, argv)
     if cfg is None:
         return 2

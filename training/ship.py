@@ -18,7 +18,7 @@ from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS
 from crosearch_agent.eval import git_commit
 from crosearch_agent.policy_folders import BUNDLED_POLICY
 from crosearch_agent.store import sha256_file
-from training.config import load_config, parse_overrides
+from training.config import TrainConfig, config_from_command_line
 from training.report import portable
 
 FILES = ("adapter_model.safetensors", "adapter_config.json", "training.json")
@@ -52,9 +52,10 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
     return "\n".join(lines)
 
 
-def ship(config: str, overrides: dict | None = None, eval_dir: str | None = None, name: str = SHIPPED_POLICY,
+def ship(cfg: TrainConfig, config: str, eval_dir: str | None = None, name: str = SHIPPED_POLICY,
          root: Path = SHIPPED_DIR) -> Path:
-    cfg = load_config(config, overrides)
+    """Copy the run's adapter under `policies/<name>/` with its model card; `config` is the
+    config's name as the card's reproduce line says it."""
     adapter = cfg.run_dir / "adapter"
     missing = [f for f in FILES if not (adapter / f).is_file()]
     if missing:
@@ -81,12 +82,13 @@ def ship(config: str, overrides: dict | None = None, eval_dir: str | None = None
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.ship", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="the warm-up's training config (name or path)")
     parser.add_argument("--eval", default=None, help="an eval folder whose results.md goes into the model card")
     parser.add_argument("--name", default=SHIPPED_POLICY, help="folder name under policies/")
-    args, rest = parser.parse_known_args(argv)
+    args, cfg = config_from_command_line(parser, argv, default=None)
+    if cfg is None:
+        return 2
     try:
-        dest = ship(args.config, parse_overrides(rest), args.eval, args.name)
+        dest = ship(cfg, args.config, args.eval, args.name)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
