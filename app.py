@@ -17,11 +17,11 @@ import signal
 import sys
 
 from crosearch_agent.agent import EvidenceStep, SearchStep
-from crosearch_agent.config import Settings, data_dir, flags_given
+from crosearch_agent.config import Settings, data_dir
 from crosearch_agent.languages import NAMES, XQUAD_LANGS
 from crosearch_agent.policy import BACKENDS
-from crosearch_agent.policy_folders import (BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, adopt_trained_options,
-                                            adopted_note, describe_policy, latest_checkpoint)
+from crosearch_agent.policy_folders import (BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, describe_policy,
+                                            latest_checkpoint, settings_from_command_line)
 
 import app_views as views
 from engine import Engine, Options, run_question
@@ -243,9 +243,7 @@ def stop(signum, frame):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    settings = Settings.from_args(args)
-    if applied := adopt_trained_options(settings, exclude=flags_given(argv)):
-        print(f"[crosearch] {adopted_note(applied)}", file=sys.stderr)
+    settings = settings_from_command_line(args, argv)
     engine = Engine(settings)
     demo = build_ui(engine, load_examples())
     # Generation is serialised (and batched) by ServedPolicy; this bounds how many questions

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from crosearch_agent.config import Settings, flags_given
-from crosearch_agent.policy_folders import adopt_trained_options, adopted_note
+from crosearch_agent.config import Settings
+from crosearch_agent.policy_folders import settings_from_command_line
 
 
 def build_agent(settings: Settings, method: str = "crosearch"):
@@ -27,9 +27,7 @@ def main(argv=None) -> int:
                         help="the agent, or one of the evaluation baselines")
     Settings.add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = Settings.from_args(args)
-    if applied := adopt_trained_options(settings, exclude=flags_given(argv)):
-        print(f"[crosearch] {adopted_note(applied)}", file=sys.stderr)
+    settings = settings_from_command_line(args, argv)
     from crosearch_agent.agent import describe
     from crosearch_agent.policy_folders import describe_policy
     from crosearch_agent.policy import PolicyError

@@ -169,7 +169,7 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":
         """The settings parsed by `add_arguments` (nothing else is read or changed: serving a
-        trained policy with its options is `policy.adopt_trained_options`, called by the CLIs)."""
+        trained policy with its options is `policy_folders.settings_from_command_line`, called by the CLIs)."""
         names = {f.name for f in dataclasses.fields(cls)}
         settings = cls(**{k: v for k, v in vars(args).items() if k in names})
         return settings

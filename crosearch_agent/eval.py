@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from crosearch_agent import qa_data
-from crosearch_agent.config import REPO_ROOT, Settings, data_home, flags_given
-from crosearch_agent.policy_folders import adopt_trained_options, adopted_note
+from crosearch_agent.config import REPO_ROOT, Settings, data_home
+from crosearch_agent.policy_folders import settings_from_command_line
 from crosearch_agent.store import StoreError, collection_dir, load_collection
 
 RETRIEVAL_METHODS = ("mono", "concat", "aligned")
@@ -356,9 +356,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <data home>/eval/<task>-<collection>-<split>)")
     Settings.add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = Settings.from_args(args)
-    if applied := adopt_trained_options(settings, exclude=flags_given(argv)):
-        print(f"[crosearch] {adopted_note(applied)}", file=sys.stderr)
+    settings = settings_from_command_line(args, argv)
     if args.dataset == "tydiqa-goldp" and settings.collection == Settings.collection:
         settings.collection = "tydiqa-goldp" if args.split == "train" else f"tydiqa-goldp:{args.split}"
     if args.task == "retrieval" and args.dataset != "xquad":

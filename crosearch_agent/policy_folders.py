@@ -112,6 +112,19 @@ def adopted_note(applied: dict) -> str:
             + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in applied.items()))
 
 
+def settings_from_command_line(args, argv=None):
+    """The `Settings` of a serving command line (ask, eval, the app), given the trained
+    options of the policy it serves except those the user set (a note on stderr says which)."""
+    import sys
+
+    from crosearch_agent.config import Settings, flags_given
+
+    settings = Settings.from_args(args)
+    if applied := adopt_trained_options(settings, exclude=flags_given(argv)):
+        print(f"[crosearch] {adopted_note(applied)}", file=sys.stderr)
+    return settings
+
+
 def trained_agent_options(policy: str | None = None) -> dict:
     """The agent options a policy folder was trained with (its `training.json`, written by
     `python -m training.grpo` / `training.sft`); {} for any other policy. `None` reads the

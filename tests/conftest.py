@@ -99,6 +99,23 @@ class Scripted(TurnRecorder):
         return [(self.encode(self.turns[len(s.turns)]), None) for s in streams]
 
 
+def check_rollout_tokens(rollout, tokenizer, max_new_tokens: int) -> None:
+    """A rollout's token stream accounts for every token: ids, mask and log-probabilities line
+    up; the policy's runs are its turns, each within the turn budget; every `<information>`
+    block the policy saw lies inside environment tokens."""
+    from crosearch_agent import prompts
+    from training.rollout import ENV, POLICY
+
+    s = rollout.stream
+    assert len(s.completion_ids) == len(s.env_mask) == len(s.logprobs) and s.turns
+    runs = mask_runs(s.env_mask, s.completion_ids)
+    policy_runs = [ids for m, ids in runs if m == POLICY]
+    assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in policy_runs] == s.turns
+    assert all(len(ids) <= max_new_tokens for ids in policy_runs)
+    env_text = "".join(tokenizer.decode(ids) for m, ids in runs if m == ENV)
+    assert env_text.count(prompts.INFORMATION_OPEN) == rollout.searches >= 1
+
+
 def mask_runs(mask, ids):
     """Maximal runs of equal mask value: [(value, ids)]."""
     out = []

@@ -4,12 +4,11 @@ fast enough for every run of the fast suite. The model writes nonsense; what is 
 the plumbing (order of steps, token accounting, a gradient step), not the answers."""
 import math
 
-import pytest
 
 from crosearch_agent import prompts
 from crosearch_agent.agent import AnswerStep, Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep
 from crosearch_agent.config import Settings
-from tests.conftest import FixedEvidence, mask_runs
+from tests.conftest import FixedEvidence, check_rollout_tokens
 from training.rollout import ENV, POLICY, ModelTurns, run_rollouts
 
 QUESTION = "Wer gewann den Super Bowl 50?"
@@ -44,13 +43,7 @@ def test_rollouts_of_a_real_model_mask_every_inserted_token(tiny_gemma, bundled_
                             [QUESTION, "Who won Super Bowl 50?"], ["de", "en"])
     for r in rollouts:
         s = r.stream
-        assert len(s.completion_ids) == len(s.env_mask) == len(s.logprobs) and s.turns
-        runs = mask_runs(s.env_mask, s.completion_ids)
-        policy_runs = [ids for m, ids in runs if m == POLICY]
-        assert [bundled_tokenizer.decode(ids, skip_special_tokens=True) for ids in policy_runs] == s.turns
-        assert all(len(ids) <= settings.max_new_tokens for ids in policy_runs)
-        env_text = "".join(bundled_tokenizer.decode(ids) for m, ids in runs if m == ENV)
-        assert env_text.count(prompts.INFORMATION_OPEN) == r.searches >= 1
+        check_rollout_tokens(r, bundled_tokenizer, settings.max_new_tokens)
         assert "HACKED" not in "".join(s.turns)  # the passage that speaks the protocol stays environment text
         assert all(lp < 0.0 for lp, m in zip(s.logprobs, s.env_mask) if m == POLICY)
         assert all(lp == 0.0 for lp, m in zip(s.logprobs, s.env_mask) if m == ENV)

@@ -7,7 +7,7 @@ import pytest
 from crosearch_agent import prompts
 from crosearch_agent.agent import Agent
 from crosearch_agent.config import Settings
-from tests.conftest import FixedEvidence, Scripted, mask_runs
+from tests.conftest import FixedEvidence, Scripted, check_rollout_tokens, mask_runs
 from training.rollout import ENV, POLICY, run_rollouts
 from training.sft import TeacherTurns, find_gold, sft_rows
 
@@ -158,14 +158,7 @@ def test_a_real_rollout_of_the_bundled_policy_masks_retrieved_tokens(tokenizer, 
                             [e.lang for e in examples])
     for r in rollouts:
         s = r.stream
-        assert len(s.completion_ids) == len(s.env_mask) == len(s.logprobs) and s.turns
-        runs = mask_runs(s.env_mask, s.completion_ids)
-        policy_runs = [ids for m, ids in runs if m == POLICY]
-        assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in policy_runs] == s.turns
-        assert all(len(ids) <= settings.max_new_tokens for ids in policy_runs)
-        # every <information> block the policy saw lies inside environment tokens
-        env_text = "".join(tokenizer.decode(ids) for m, ids in runs if m == ENV)
-        assert env_text.count(prompts.INFORMATION_OPEN) == r.searches >= 1
+        check_rollout_tokens(r, tokenizer, settings.max_new_tokens)
         assert all(lp <= 0.0 for lp in s.logprobs) and any(lp < 0.0 for lp in s.logprobs)
         assert all(lp == 0.0 for lp, m in zip(s.logprobs, s.env_mask) if m == ENV)
 
