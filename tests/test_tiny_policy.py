@@ -4,7 +4,6 @@ fast enough for every run of the fast suite. The model writes nonsense; what is 
 the plumbing (order of steps, token accounting, a gradient step), not the answers."""
 import math
 
-
 from crosearch_agent import prompts
 from crosearch_agent.agent import AnswerStep, Agent, ErrorStep, EvidenceStep, LanguageStep, SearchStep
 from crosearch_agent.config import Settings
