@@ -18,8 +18,8 @@ import gradio as gr
 
 from crosearch_agent import prompts
 from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, Step, ThinkStep
-from crosearch_agent.languages import CHARACTER_LANGS, name as lang_name
-from crosearch_agent.metrics import normalize
+from crosearch_agent.languages import name as lang_name
+from crosearch_agent.support import Agreement
 
 EXCERPT_CHARS = 220          # passage text shown per item inside a chat panel
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~$>])")
@@ -85,7 +85,8 @@ def step_message(step: Step, note: str = "") -> gr.ChatMessage:
     if isinstance(step, AnswerStep):
         if not step.text:
             return gr.ChatMessage("I could not find an answer in the evidence (the model gave none).")
-        return gr.ChatMessage(md_text(step.text))
+        js = step_json(step)
+        return gr.ChatMessage(md_text(step.text) + "\n\n" + support_markdown(js["support"], js["agreement"]))
     if isinstance(step, ErrorStep):
         return gr.ChatMessage(f"**Sorry:** {md_text(step.message)}")
     return gr.ChatMessage(md_text(str(step)), metadata={"title": step.kind, **done})
@@ -130,7 +131,8 @@ def step_json(step: Step) -> dict:
     elif isinstance(step, EvidenceStep):
         out.update(turn=step.turn, items=[evidence_json(i) for i in step.items])
     elif isinstance(step, AnswerStep):
-        out.update(text=step.text, lang=step.lang, forced=step.forced)
+        out.update(text=step.text, lang=step.lang, forced=step.forced, support=[s.as_dict() for s in step.support],
+                   agreement=(step.agreement or Agreement()).as_dict())
     elif isinstance(step, ErrorStep):
         out.update(message=step.message, cause=step.cause)
     return out
@@ -144,7 +146,9 @@ def turn_record(question: str, steps: list[Step], note: str = "") -> dict:
     error = next((s["message"] for s in js if s["kind"] == "error"), None)
     record = {"question": question, "lang": lang, "lang_name": lang_name(lang) if lang else "",
               "answer": answer["text"] if answer else None, "forced": bool(answer and answer["forced"]),
-              "error": error, "note": note, "latency_s": round(steps[-1].t, 3) if steps else 0.0, "steps": js}
+              "error": error, "note": note, "latency_s": round(steps[-1].t, 3) if steps else 0.0, "steps": js,
+              "support": answer["support"] if answer else [],
+              "agreement": answer["agreement"] if answer else Agreement().as_dict()}
     record["summary"] = summarize(record)
     return record
 
@@ -167,44 +171,53 @@ def _has_cjk(text: str) -> bool:
     return any(unicodedata.name(ch, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "THAI")) for ch in text)
 
 
-def contains_answer(passage: str, answer: str, lang: str = "") -> bool:
-    """Whether the normalised answer occurs in the normalised passage (whole words, except in
-    scripts written without spaces)."""
-    a, p = normalize(answer, ""), normalize(passage, "")  # casefolded, punctuation as spaces; articles kept
-    if not a:
-        return False
-    if lang in CHARACTER_LANGS or _has_cjk(a):
-        return a.replace(" ", "") in p.replace(" ", "")
-    return f" {a} " in f" {p} "
-
-
-def answer_source(answer: str | None, question_lang: str, members: list[dict]) -> tuple[str, list[str]]:
-    """Where the answer string occurs: 'local' (a passage in the question's language),
-    'cross-lingual' (only in other languages), 'not found' (e.g. translated), or 'no answer'."""
-    if not answer or not answer.strip():
+def answer_source(record: dict) -> tuple[str, list[str]]:
+    """Where the answer came from, by its support: 'local' (a passage in the question's
+    language), 'cross-lingual' (another language's), 'not found' (nothing supports it) or
+    'no answer'; and the languages of the supporting passage's versions."""
+    if not (record.get("answer") or "").strip():
         return "no answer", []
-    found = sorted({m["lang"] for m in members if contains_answer(m["text"], answer, question_lang)})
-    if question_lang in found:
-        return "local", found
-    return ("cross-lingual", found) if found else ("not found", [])
+    if not record.get("support"):
+        return "not found", []
+    first = record["support"][0]
+    found_in = sorted({first["lang"], *first["also_in"]})
+    return ("local" if first["lang"] == record.get("lang") else "cross-lingual"), found_in
 
 
 def summarize(record: dict) -> dict:
     members = unique_members(record)
     counts = Counter(m["lang"] for m in members)
-    source, found_in = answer_source(record.get("answer"), record.get("lang", ""), members)
+    source, found_in = answer_source(record)
     searches = [s for s in record["steps"] if s["kind"] == "search"]
     return {"passages": len(members), "by_language": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
             "answer_source": source, "answer_found_in": found_in, "searches": len(searches),
             "scopes": [s["scope"] for s in searches]}
 
 
-SOURCE_TEXT = {
-    "local": "the answer appears in a passage in the question's language (local evidence)",
-    "cross-lingual": "the answer appears only in passages in other languages (cross-lingual evidence)",
-    "not found": "the answer string appears in no passage verbatim (it may be a translation, or not from the evidence)",
-    "no answer": "no answer was given",
-}
+def _names(codes) -> str:
+    names = [lang_name(c) for c in codes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def support_markdown(support: list[dict], agreement: dict) -> str:
+    """The answer's support line for the chat: where it came from, in how many languages
+    the versions agree, or that they disagree (with each language's value)."""
+    if not support:
+        return "_No passage in the evidence supports this answer: check it before you rely on it._"
+    s = support[0]
+    line = (f"Answer from: {lang_name(s['lang'])}, search {s['search']}, rank {s['rank']} "
+            f"(“{md_text(one_line(s['quote'], 160))}”)")
+    if s["also_in"]:
+        line += f"; the same passage also in {_names(s['also_in'])}"
+    values = agreement.get("by_language", {})
+    if agreement.get("status") == "agree":
+        line += f". The versions agree in {len(values)} languages ({_names(values)})."
+    elif agreement.get("status") == "disagree":
+        line += (". **Sources disagree:** " + "; ".join(f"{lang_name(l)} says {md_text(v)}" for l, v in values.items())
+                 + " (see the evidence view).")
+    else:
+        line += "."
+    return "_" + line + "_" if agreement.get("status") != "disagree" else line
 
 
 def summary_markdown(record: dict) -> str:
@@ -213,11 +226,11 @@ def summary_markdown(record: dict) -> str:
         reason = f" ({md_text(record['error'])})" if record.get("error") else ""
         return f"No evidence for this question{reason}."
     per_lang = ", ".join(f"{lang_label(l)}: {n}" for l, n in s["by_language"].items())
-    where = SOURCE_TEXT[s["answer_source"]]
-    if s["answer_found_in"]:
-        where += " — found in " + ", ".join(lang_label(l) for l in s["answer_found_in"])
-    return (f"**{s['passages']} passages** from {len(s['by_language'])} languages in {s['searches']} searches "
-            f"({', '.join(s['scopes'])}).  \nPer language: {per_lang}.  \nAnswer: {where}.")
+    out = (f"**{s['passages']} passages** from {len(s['by_language'])} languages in {s['searches']} searches "
+           f"({', '.join(s['scopes'])}).  \nPer language: {per_lang}.")
+    if record.get("answer"):
+        out += "  \n" + support_markdown(record.get("support", []), record.get("agreement", {}))
+    return out
 
 
 # ---------------------------------------------------------------- highlighting and cards
@@ -243,10 +256,14 @@ def _term_re(term: str) -> str:
     return (r"(?<!\w)" if term[:1].isalnum() else "") + body + (r"(?!\w)" if term[-1:].isalnum() else "")
 
 
-def highlight(text: str, answer: str | None = None, query: str = "") -> str:
-    """HTML of `text` (escaped) with the answer marked `<mark class="ans">` and, elsewhere,
-    the query's words marked `<mark class="q">` (case-insensitive)."""
+def highlight(text: str, answer: str | None = None, query: str = "", quote: str | None = None) -> str:
+    """HTML of `text` (escaped) with the supporting sentence `quote` marked `<mark class="sup">`,
+    elsewhere the answer `<mark class="ans">` and then the query's words `<mark class="q">`
+    (case-insensitive)."""
     label = [""] * len(text)
+    at = text.find(quote) if quote else -1
+    if at >= 0:
+        label[at:at + len(quote)] = ["sup"] * len(quote)
     for terms, cls in (([answer.strip()] if answer and answer.strip() else [], "ans"), (_query_terms(query), "q")):
         if not terms:
             continue
@@ -273,11 +290,46 @@ def _search_sections(record: dict):
             yield search or {"turn": step["turn"], "query": "", "scope": "", "languages": []}, step
 
 
+def anchor(passage_id: str) -> str:
+    """The HTML id of a passage's text in the evidence view (links point at it)."""
+    return "cs-p-" + re.sub(r"[^A-Za-z0-9_-]", "-", passage_id)
+
+
+def supporting_versions(record: dict) -> dict[str, str]:
+    """Language -> passage id of each version of the supporting evidence item."""
+    if not record.get("support"):
+        return {}
+    wanted = record["support"][0]["passage_id"]
+    for step in record["steps"]:
+        for item in step.get("items", []) if step["kind"] == "evidence" else []:
+            if any(m["id"] == wanted for m in item["members"]):
+                return {m["lang"]: m["id"] for m in item["members"]}
+    return {}
+
+
+def agreement_html(record: dict) -> str:
+    """The "Sources disagree" panel (each language's value, linked to its version), or the
+    line saying in how many languages the versions agree."""
+    agreement, versions = record.get("agreement") or {}, supporting_versions(record)
+    values = agreement.get("by_language", {})
+    links = [f'<li><a href="#{anchor(versions[l])}">{html_text(lang_label(l))}</a>: <b>{html_text(v)}</b></li>'
+             if l in versions else f"<li>{html_text(lang_label(l))}: <b>{html_text(v)}</b></li>" for l, v in values.items()]
+    if agreement.get("status") == "disagree":
+        return ('<div class="cs-disagree"><b>Sources disagree</b> at the sentence the answer came from:'
+                f'<ul>{"".join(links)}</ul></div>')
+    if agreement.get("status") == "agree":
+        return (f'<div class="cs-agree">The versions agree in {len(values)} languages: '
+                + ", ".join(html_text(lang_name(l)) for l in values) + ".</div>")
+    return ""
+
+
 def evidence_html(record: dict | None) -> str:
-    """The evidence view of one turn: per search, one card per evidence item."""
+    """The evidence view of one turn: per search, one card per evidence item; the item that
+    supports the answer shows its supporting sentence marked and all its versions."""
     if not record:
         return '<div class="cs-empty">Ask a question: its evidence appears here.</div>'
     answer, parts, shown = record.get("answer"), [], {}
+    support = (record.get("support") or [None])[0]
     for search, ev in _search_sections(record):
         ids = tuple(m["id"] for item in ev["items"] for m in item["members"])
         head = (f'<h4 class="cs-search">Search {search["turn"]} ({html_text(search["scope"])}): '
@@ -286,7 +338,7 @@ def evidence_html(record: dict | None) -> str:
             parts.append(head + f'<p class="cs-same">Same {len(ev["items"])} items as search {shown[ids]}.</p>')
             continue
         shown[ids] = search["turn"]
-        cards = [evidence_card(item, answer, search["query"]) for item in ev["items"]]
+        cards = [evidence_card(item, answer, search["query"], support) for item in ev["items"]]
         parts.append(head + ("".join(cards) or '<p class="cs-same">No passages found.</p>'))
     lang = record.get("lang") or ""
     head = (f'<div class="cs-head" data-turn-lang="{html_text(lang)}">Evidence for “{html_text(one_line(record["question"], 200))}”'
@@ -294,19 +346,36 @@ def evidence_html(record: dict | None) -> str:
             + (f' — answer: <b>{html_text(answer)}</b>' if answer else "") + "</div>")
     if not parts:
         return head + f'<div class="cs-empty">No evidence for this question. {html_text(record.get("error") or "")}</div>'
-    return head + '<div class="cs-evidence">' + "".join(parts) + "</div>"
+    return head + agreement_html(record) + '<div class="cs-evidence">' + "".join(parts) + "</div>"
 
 
-def evidence_card(item: dict, answer: str | None, query: str) -> str:
-    others = [m for m in item["members"][1:]]
-    also = ", ".join(f'{html_text(lang_label(m["lang"]))} (rank {m["rank"]})' for m in others)
-    return (f'<div class="cs-card" data-lang="{html_text(item["lang"])}">'
-            f'<div class="cs-meta"><b>#{item["rank"]}</b> · <span class="cs-lang">{html_text(lang_label(item["lang"]))}</span>'
-            f' · fused score {item["score"]:.4f} · <i>{html_text(item["title"])}</i></div>'
-            f'<div class="cs-text">{highlight(item["text"], answer, query)}</div>'
-            + (f'<div class="cs-also">Also found in: {also}</div>' if also else
-               '<div class="cs-also">Found in this language only.</div>')
+def evidence_card(item: dict, answer: str | None, query: str, support: dict | None = None) -> str:
+    members = item["members"]
+    supporting = next((m for m in members if support and m["id"] == support["passage_id"]), None)
+    main = supporting or members[0]
+    if supporting is None:
+        others = members[1:]
+        also = ", ".join(f'{html_text(lang_label(m["lang"]))} (rank {m["rank"]})' for m in others)
+        body = (f'<div class="cs-text" id="{anchor(main["id"])}">{highlight(main["text"], answer, query)}</div>'
+                + (f'<div class="cs-also">Also found in: {also}</div>' if also else
+                   '<div class="cs-also">Found in this language only.</div>'))
+        return (f'<div class="cs-card" data-lang="{html_text(item["lang"])}">' + _card_meta(item, main["lang"]) + body
+                + "</div>")
+    # The supporting item: its supporting version with the sentence marked, then every other version.
+    versions = "".join(f'<div class="cs-version" data-lang="{html_text(m["lang"])}" id="{anchor(m["id"])}">'
+                       f'<b>{html_text(lang_label(m["lang"]))}</b> (rank {m["rank"]}): {highlight(m["text"], None, query)}</div>'
+                       for m in members if m is not supporting)
+    return (f'<div class="cs-card" data-support="{html_text(support["how"])}" data-lang="{html_text(main["lang"])}">' + _card_meta(item, main["lang"])
+            + f'<div class="cs-why">The answer came from this passage ({html_text(support["how"])}).</div>'
+            + f'<div class="cs-text" id="{anchor(main["id"])}">{highlight(main["text"], answer, query, support["quote"])}</div>'
+            + (f'<details class="cs-versions" open><summary>The same passage in {len(members) - 1} more '
+               f'language{"s" if len(members) > 2 else ""}</summary>{versions}</details>' if versions else "")
             + "</div>")
+
+
+def _card_meta(item: dict, lang: str) -> str:
+    return (f'<div class="cs-meta"><b>#{item["rank"]}</b> · <span class="cs-lang">{html_text(lang_label(lang))}</span>'
+            f' · fused score {item["score"]:.4f} · <i>{html_text(item["title"])}</i></div>')
 
 
 def turn_choices(records: list[dict]) -> list[tuple[str, int]]:
@@ -318,6 +387,12 @@ EVIDENCE_CSS = """
 .cs-meta {font-size: 0.9em; color: var(--body-text-color-subdued); margin-bottom: 4px;}
 .cs-also, .cs-same {font-size: 0.85em; color: var(--body-text-color-subdued); margin-top: 4px;}
 .cs-text mark.ans {background: #ffd54f; color: #000; font-weight: 600;}
-.cs-text mark.q {background: #c8e6c9; color: #000;}
+.cs-text mark.q, .cs-version mark.q {background: #c8e6c9; color: #000;}
+.cs-text mark.sup {background: #bbdefb; color: #000; font-weight: 600;}
+.cs-card[data-support] {border: 2px solid #1e88e5;}
+.cs-why {font-size: 0.85em; color: #1e88e5; margin-bottom: 4px;}
+.cs-version {font-size: 0.9em; margin: 4px 0 4px 8px;}
+.cs-disagree {border: 2px solid #e53935; border-radius: 8px; padding: 6px 12px; margin: 6px 0; background: #ffebee; color: #000;}
+.cs-agree {font-size: 0.9em; color: #2e7d32; margin: 6px 0;}
 .cs-search {margin: 12px 0 4px 0;}
 """

@@ -16,11 +16,12 @@ import threading
 import time
 from concurrent.futures import Future
 
-from crosearch_agent.agent import Agent, ErrorStep, LanguageStep, question_problem
+from crosearch_agent.agent import Agent, AnswerStep, ErrorStep, LanguageStep, Result, question_problem
 from crosearch_agent.config import BUNDLED_EMBEDDER, Settings
 from crosearch_agent.languages import NAMES, detect
 from crosearch_agent.policy import PolicyError, default_backend
 from crosearch_agent.policy_folders import describe_policy
+from crosearch_agent.support import explain
 
 PREPARE_WAIT_S = 900        # a question waits this long for the first start's preparation
 
@@ -296,6 +297,13 @@ def run_question(engine: Engine, question: str, opts: Options):
     settings = dataclasses.replace(s, collection=collection, **{f: getattr(opts, f) for f in ("k", "max_turns", "temperature")
                                                                 if getattr(opts, f) is not None})
     agent = Agent(engine.policy, retriever, settings)
+    steps = []
     for step in agent.run(question):
+        steps.append(step)
         note = language_note(question, step, retriever.languages) if isinstance(step, LanguageStep) else ""
+        if isinstance(step, AnswerStep):  # which passage it came from, and whether the versions agree
+            try:
+                explain(Result(question.strip(), step.lang, step.text, steps), engine.embedder)
+            except Exception as err:  # an explanation that fails must not cost the answer
+                engine.log(f"[crosearch] support: {type(err).__name__}: {err}")
         yield "step", step, note

@@ -94,6 +94,8 @@ class AnswerStep(Step):
     text: str = ""
     lang: str = ""
     forced: bool = False      # the policy never closed <answer> (cut at the token limit), or wrote none
+    support: list = field(default_factory=list)  # support.Support items, when the caller looked (app, eval)
+    agreement: object = None                      # support.Agreement of the versions, likewise
 
 
 @dataclass

@@ -142,6 +142,22 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
 QA_METHODS = ("closed_book", "mono_rag", "concat_rag", "oracle", "crosearch")
 ORACLE_CROSS_LANG = {"en": "de"}  # cross questions get the English paragraph; English ones the German
 QA_KEYS = ("em", "f1", "fem", "c3r", "em_any", "lang", "valid", "searches", "latency_s", "recall")
+SUPPORT_KEYS = ("support_found", "support_gold_correct", "disagree")
+
+
+def support_scores(rows: list[dict]) -> dict:
+    """Support (issue "evidence a reader can check"): the share of answers with a supporting
+    passage; among answers correct in any language (EM-any), the share whose support is the
+    gold paragraph (no support counts as not); the share of "disagree" verdicts. None where
+    the method has no evidence."""
+    with_evidence = [r for r in rows if "support" in r]
+    if not with_evidence:
+        return {k: None for k in SUPPORT_KEYS}
+    correct = [r for r in with_evidence if r.get("em_any")]
+    return {"support_found": sum(r["support"] is not None for r in with_evidence) / len(with_evidence),
+            "support_gold_correct": (sum(r["support_gold"] == 1.0 for r in correct) / len(correct)) if correct else None,
+            "support_correct_n": len(correct),
+            "disagree": sum(r["agreement"] == "disagree" for r in with_evidence) / len(with_evidence)}
 
 
 def qa_questions(dataset: str, split: str, langs, limit: int | None, data_dir=None) -> list:
@@ -207,8 +223,9 @@ def oracle_evidence(questions, local_docs: dict, data_dir=None) -> dict:
     return out
 
 
-def qa_row(method: str, q, result, local_docs: dict, golds_by_lang, latency_s: float) -> dict:
+def qa_row(method: str, q, result, local_docs: dict, golds_by_lang, latency_s: float, embedder=None) -> dict:
     from crosearch_agent.metrics import score_answer
+    from crosearch_agent.support import explain
 
     shown = {d for item in result.evidence for d in item.doc_ids}
     # "lang" is EVAL.md's answer-language metric, so the question's language is "query_lang".
@@ -220,6 +237,11 @@ def qa_row(method: str, q, result, local_docs: dict, golds_by_lang, latency_s: f
            "valid": float(result.format_valid), "searches": len(result.searches), "latency_s": latency_s,
            "recall": (float(q.doc_id in shown) if method != "closed_book" else None),
            "languages_shown": sorted({l for item in result.evidence for l in item.languages})}
+    if method != "closed_book":
+        found, agreed = explain(result, embedder)
+        row.update(support=found[0].how if found else None,
+                   support_gold=float(found[0].doc_id == q.doc_id) if found else None,
+                   support_lang=found[0].lang if found else None, agreement=agreed.status)
     return row
 
 
@@ -231,6 +253,7 @@ def _answer_all(policy, retriever, settings: Settings, methods, questions, local
     from crosearch_agent.agent import Agent
 
     rows, timing = [], {"policy": policy.name, "backend": policy.backend}
+    embedder = getattr(retriever, "embedder", None)  # support's meaning match (None: a retrieval service)
     for method in methods:
         searcher = retriever
         if method == "oracle":
@@ -243,7 +266,7 @@ def _answer_all(policy, retriever, settings: Settings, methods, questions, local
             tb = time.perf_counter()
             results = agent.run_batch([q.question for q in batch], [q.lang for q in batch])
             per_q = (time.perf_counter() - tb) / len(batch)  # amortised: the batch shares the backend
-            rows += [qa_row(method, q, r, local_docs, golds.get(q.id), per_q) for q, r in zip(batch, results)]
+            rows += [qa_row(method, q, r, local_docs, golds.get(q.id), per_q, embedder) for q, r in zip(batch, results)]
             bar.update(len(batch))
         bar.close()
         timing[method] = {"wall_s": round(time.perf_counter() - t0, 2)}
@@ -286,6 +309,7 @@ def run_qa(settings: Settings, dataset: str, split: str, methods, limit: int | N
         means = mean_scores([{k: r[k] for k in QA_KEYS} for r in rs])
         means["errors"] = sum(1 for r in rs if r["error"])
         means["forced"] = sum(1 for r in rs if r["forced"]) / len(rs)
+        means.update(support_scores(rs))
         return means
 
     results = {m: summarise([r for r in rows if r["method"] == m], scores) for m in methods}
@@ -373,7 +397,7 @@ def main(argv=None) -> int:
     try:
         if args.task == "qa":
             results, rows, timing = run_qa(settings, args.dataset, args.split, methods, args.limit, args.batch_size)
-            keys, key = list(QA_KEYS), "f1"
+            keys, key = list(QA_KEYS) + list(SUPPORT_KEYS), "f1"
         else:
             results, rows = run_retrieval(settings, args.split, methods, args.limit)
             keys, key = [f"recall@{k}" for k in KS] + ["mrr"], "recall@5"

@@ -57,7 +57,8 @@ def test_each_step_kind_becomes_a_titled_panel_and_the_answer_a_plain_message():
     assert "[Chinese (zh); also in English (en)]" in ev.content and "[German (de)]" in ev.content
 
     answer = views.step_message(AnswerStep("answer", text="Polonia Warschau", lang="de"))
-    assert answer.metadata == {} and answer.content == "Polonia Warschau"
+    assert answer.metadata == {} and answer.content.startswith("Polonia Warschau\n\n")
+    assert "No passage in the evidence supports this answer" in answer.content  # none was looked for here
     empty = views.step_message(AnswerStep("answer", text="", lang="de", forced=True))
     assert empty.metadata == {} and "could not find an answer" in empty.content
 
@@ -134,11 +135,17 @@ def test_highlight_escapes_the_text_it_marks():
 # ---------------------------------------------------------------- per-turn summary
 
 def steps_with(answer, lang, *evidence_steps):
+    """The steps of one run as the engine gives them (the answer explained by its support)."""
+    from crosearch_agent.agent import Result
+    from crosearch_agent.support import explain
+
     steps = [LanguageStep("language", lang=lang, confidence=1.0)]
     for turn, items in enumerate(evidence_steps, 1):
         steps += [SearchStep("search", query="q", languages=[lang], scope="local" if turn == 1 else "global", turn=turn),
                   EvidenceStep("evidence", turn=turn, items=items)]
-    return steps + [AnswerStep("answer", text=answer, lang=lang)]
+    steps.append(AnswerStep("answer", text=answer, lang=lang))
+    explain(Result("q", lang, answer, steps))
+    return steps
 
 
 def test_summary_counts_passages_per_language_once_each():
@@ -151,22 +158,28 @@ def test_summary_counts_passages_per_language_once_each():
     assert "4 passages" in views.summary_markdown(record) and "English (en): 2" in views.summary_markdown(record)
 
 
-def test_answer_source_is_local_when_a_passage_in_the_questions_language_holds_it():
+def test_answer_source_is_local_when_a_passage_in_the_questions_language_supports_it():
     items = [item(1, passage("de", "Meister wurde Polonia Warschau."), passage("en", "Polonia Warsaw won."))]
-    s = views.turn_record("Wer?", steps_with("Polonia Warschau", "de", items))["summary"]
-    assert s["answer_source"] == "local" and s["answer_found_in"] == ["de"]
+    record = views.turn_record("Wer?", steps_with("Polonia Warschau", "de", items))
+    assert record["summary"]["answer_source"] == "local" and record["summary"]["answer_found_in"] == ["de", "en"]
+    [support] = record["support"]
+    assert (support["lang"], support["search"], support["rank"], support["quote"]) == ("de", 1, 1, "Meister wurde Polonia Warschau.")
+    line = views.summary_markdown(record)
+    assert "Answer from: German, search 1, rank 1" in line and "the same passage also in English" in line
 
 
 def test_answer_source_is_cross_lingual_when_only_other_languages_hold_it():
     items = [item(1, passage("en", "The 2000 champion was Polonia, in 1946 too.")), item(2, passage("de", "Kein Treffer."))]
     s = views.turn_record("Wann?", steps_with("1946", "de", items))["summary"]
     assert s["answer_source"] == "cross-lingual" and s["answer_found_in"] == ["en"]
-    assert "other languages" in views.summary_markdown(views.turn_record("Wann?", steps_with("1946", "de", items)))
+    assert "Answer from: English" in views.summary_markdown(views.turn_record("Wann?", steps_with("1946", "de", items)))
 
 
 def test_answer_source_when_nothing_matches_or_there_is_no_answer():
     items = [item(1, passage("en", "Polonia Warsaw won in 19460."))]
-    assert views.turn_record("Q", steps_with("1946", "de", items))["summary"]["answer_source"] == "not found"
+    record = views.turn_record("Q", steps_with("1946", "de", items))
+    assert record["summary"]["answer_source"] == "not found" and record["support"] == []
+    assert "No passage in the evidence supports this answer" in views.summary_markdown(record)
     assert views.turn_record("Q", steps_with("", "de", items))["summary"]["answer_source"] == "no answer"
     zh = [item(1, passage("zh", "华沙 波兰人队 赢得了"))]  # spaces do not count in Chinese
     assert views.turn_record("谁", steps_with("华沙波兰人队", "zh", zh))["summary"]["answer_source"] == "local"
@@ -179,7 +192,25 @@ def test_turn_record_is_plain_json_and_the_view_repeats_no_identical_search():
     assert record["answer"] == "Polonia Warschau" and record["lang"] == "de" and record["error"] is None
     page = views.evidence_html(record)
     assert page.count('class="cs-card"') == 1 and "Same 1 items as search 1" in page
-    assert 'data-lang="de"' in page and "Also found in: English (en)" in page
+    assert 'data-lang="de"' in page and 'data-support="verbatim"' in page  # the card the answer came from
+    assert '<mark class="sup">Polonia Warschau</mark>' in page and "The same passage in 1 more language" in page
+    other = views.evidence_html(views.turn_record("Wer?", steps_with("Nobody", "de", items)))
+    assert "data-support" not in other and "Also found in: English (en)" in other
+
+
+def test_disagreeing_versions_get_a_panel_that_links_each_value_to_its_version():
+    versions = [passage("en", "It was founded in 1263."), passage("de", "Es wurde 1263 gegründet."),
+                passage("ar", "تأسس عام ١٢٦٦.")]
+    record = views.turn_record("Wann?", steps_with("1263", "de", [item(1, *versions)]))
+    assert record["agreement"]["status"] == "disagree" and record["agreement"]["by_language"]["ar"] == "1266"
+    page = views.evidence_html(record)
+    assert "Sources disagree" in page
+    link = views.anchor(versions[2].id)
+    assert f'<a href="#{link}">Arabic (ar)</a>: <b>1266</b>' in page and f'id="{link}"' in page
+    assert "**Sources disagree:**" in views.summary_markdown(record) and "Arabic says 1266" in views.summary_markdown(record)
+    agreeing = views.turn_record("Wann?", steps_with("1263", "de", [item(1, *versions[:2])]))
+    assert "The versions agree in 2 languages" in views.summary_markdown(agreeing)
+    assert "Sources disagree" not in views.evidence_html(agreeing)
 
 
 # ---------------------------------------------------------------- the app without models

@@ -1,0 +1,320 @@
+"""Which passage an answer came from, and whether the language versions of it agree.
+
+`find_support` looks for the passage behind an answer among everything the agent's searches
+returned, trying in turn:
+
+1. `citation`: the policy's last thought names a document ("Doc 2 (German) says: 1263."); the
+   cited document of the last search that holds the quoted words (or the answer) supports it;
+2. `verbatim`: a passage sentence holding the answer, normalised as the metrics normalise it;
+3. `number`: a sentence holding every number of the answer, whichever digits each script
+   writes them in (Arabic-Indic, Devanagari, Thai, full-width...);
+4. `meaning`: the sentence closest to "question + answer" in the embedder's multilingual
+   space, when it is close enough (this is how a translated name is found).
+
+Nothing found means no support, which the app says plainly. `agreement` then compares, for
+numbers and dates, what each language's version of the supporting passage (the other members
+of its aligned evidence item) says at the supporting sentence.
+
+What it misses: numbers written as words ("four", "أربعة") or CJK numerals, calendars other
+than the Thai Buddhist era, and names that the embedder does not bring close.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+
+from crosearch_agent.languages import CHARACTER_LANGS
+from crosearch_agent.metrics import normalize
+
+# A sentence ends at . ! ? (and their CJK, Arabic and Devanagari forms) or a line break.
+SENTENCE_END = re.compile(r"(?<=[.!?。！？؟।॥])\s+|(?<=[。！？])|\n+")
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+CITATION = re.compile(r"\bDoc\s*(\d+)\b[^:]*?(?:says|:)\s*:?\s*(.*)", re.IGNORECASE | re.DOTALL)
+MEANING_THRESHOLD = 0.86  # cosine of e5 "query: question answer" to a "passage: sentence" (see EVAL notes)
+BUDDHIST_ERA = 543        # Thai years: 2559 BE = 2016 CE
+
+
+@dataclass
+class Support:
+    """A passage that supports an answer, and the sentence that does."""
+    lang: str
+    doc_id: str
+    passage_id: str
+    title: str
+    search: int          # which search of the conversation (1-based) returned it
+    rank: int            # the evidence item's rank in that search
+    quote: str           # the supporting sentence, as the passage writes it
+    start: int           # where the quote starts in the passage text
+    how: str             # citation | verbatim | number | meaning
+    also_in: list[str] = field(default_factory=list)  # the languages of the item's other versions
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Agreement:
+    """What each language's version says at the supporting sentence (numbers and dates)."""
+    status: str = "unknown"                     # agree | disagree | unknown
+    by_language: dict[str, str] = field(default_factory=dict)
+    differing: list[str] = field(default_factory=list)   # the languages whose value differs
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "by_language": dict(self.by_language), "differing": list(self.differing)}
+
+
+# ---------------------------------------------------------------- text pieces
+
+def ascii_digits(text: str) -> str:
+    """Every decimal digit as 0-9 (Arabic-Indic, Devanagari, Thai, full-width...); the Arabic
+    decimal and thousands separators as . and ,."""
+    out = []
+    for ch in text:
+        d = unicodedata.decimal(ch, None)
+        out.append(str(d) if d is not None else {"٫": ".", "٬": ","}.get(ch, ch))
+    return "".join(out)
+
+
+def numbers(text: str) -> list[str]:
+    """The numbers in a text, as plain digits: thousands separators dropped ("1,000" and
+    "1.000" -> "1000"), a decimal part kept ("3.5")."""
+    out = []
+    for m in NUMBER.finditer(ascii_digits(text)):
+        parts = re.split(r"[.,]", m.group())
+        if len(parts) > 1 and all(len(p) == 3 for p in parts[1:]):
+            out.append("".join(parts))
+        elif len(parts) == 2:
+            out.append(f"{parts[0]}.{parts[1]}")
+        else:
+            out.extend(parts)
+    return out
+
+
+def same_number(a: str, b: str, langs: tuple[str, str] = ("", "")) -> bool:
+    """Equal, or the same year in the Gregorian and the Thai Buddhist calendar."""
+    if a == b:
+        return True
+    if "th" in langs and a.isdigit() and b.isdigit():
+        return abs(int(a) - int(b)) == BUDDHIST_ERA
+    return False
+
+
+def sentences(text: str) -> list[tuple[int, str]]:
+    """(start, sentence) pieces of a passage, whitespace trimmed."""
+    out, at = [], 0
+    for piece in SENTENCE_END.split(text):
+        start = text.find(piece, at) if piece else at
+        at = start + len(piece)
+        if piece.strip():
+            lead = len(piece) - len(piece.lstrip())
+            out.append((start + lead, piece.strip()))
+    return out or [(0, text)]
+
+
+def _holds(haystack: str, needle: str, lang: str) -> bool:
+    """Does the (normalised) text hold the (normalised) words: as whole words where the
+    script has spaces, anywhere in scripts written without them?"""
+    n, h = normalize(needle, lang), normalize(haystack, lang)
+    if not n:
+        return False
+    if lang in CHARACTER_LANGS:
+        return n.replace(" ", "") in h.replace(" ", "")
+    return f" {n} " in f" {h} "
+
+
+# ---------------------------------------------------------------- the evidence a result saw
+
+@dataclass
+class _Candidate:
+    search: int
+    rank: int
+    item: object   # Evidence
+    hit: object    # Hit (one language's passage)
+
+
+def _searches(result) -> list[list]:
+    """The evidence items of each search, in order."""
+    return [list(s.items) for s in result.steps if s.kind == "evidence"]
+
+
+def _candidates(result) -> list[_Candidate]:
+    """Every passage the searches returned, in search and rank order: first the versions the
+    policy was shown, then the other versions of the same items."""
+    shown, others, seen = [], [], set()
+    for search, items in enumerate(_searches(result), 1):
+        for item in items:
+            first = _shown_member(item, result.lang)
+            for hit in item.members:
+                if hit.passage.id not in seen:
+                    seen.add(hit.passage.id)
+                    (shown if hit is first else others).append(_Candidate(search, item.rank, item, hit))
+    return shown + others
+
+
+def _support(c: _Candidate, start: int, quote: str, how: str) -> Support:
+    p = c.hit.passage
+    also = [l for l in dict.fromkeys(h.passage.lang for h in c.item.members) if l != p.lang]
+    return Support(p.lang, p.doc_id, p.id, p.title, c.search, c.rank, quote, start, how, also)
+
+
+def _sentence_with(c: _Candidate, test) -> tuple[int, str] | None:
+    return next(((start, s) for start, s in sentences(c.hit.passage.text) if test(s, c.hit.passage.lang)), None)
+
+
+def _last_thought(result) -> str:
+    thoughts = [s.text for s in result.steps if s.kind == "think"]
+    return thoughts[-1] if thoughts else ""
+
+
+# ---------------------------------------------------------------- support
+
+def find_support(result, embedder=None) -> list[Support]:
+    """The passages that support the result's answer (best first; [] when none does)."""
+    answer = (result.answer or "").strip()
+    if not answer:
+        return []
+    candidates = _candidates(result)
+    if not candidates:
+        return []
+    for method in (_by_citation, _by_words, _by_numbers):
+        found = method(result, answer, candidates)
+        if found:
+            return found
+    return _by_meaning(result, answer, candidates, embedder) if embedder is not None else []
+
+
+def _by_citation(result, answer: str, candidates) -> list[Support]:
+    m = CITATION.search(_last_thought(result))
+    if not m:
+        return []
+    number, quote = int(m.group(1)), m.group(2).strip()
+    quote = re.split(r"(?<=\S)\.\s", quote + " ")[0].strip().rstrip(".")  # up to the thought's next sentence
+    searches = _searches(result)
+    for search in range(len(searches), 0, -1):  # the policy read the last search's documents last
+        items = searches[search - 1]
+        if not 1 <= number <= len(items):
+            continue
+        item = items[number - 1]
+        shown = _shown_member(item, result.lang)
+        c = _Candidate(search, item.rank, item, shown)
+        for words in (quote, answer):
+            if words:
+                hit = _sentence_with(c, lambda s, lang, w=words: _holds(s, w, lang) or _numbers_in(w, s, lang))
+                if hit:
+                    return [_support(c, *hit, "citation")]
+    return []
+
+
+def _shown_member(item, query_lang: str):
+    """The version of an item the policy was shown (as `prompts.evidence_doc` picks it)."""
+    return next((h for h in item.members if h.passage.lang == query_lang), item.members[0])
+
+
+def _numbers_in(words: str, sentence: str, lang: str) -> bool:
+    want = numbers(words)
+    have = numbers(sentence)
+    return bool(want) and all(any(same_number(w, h, (lang, lang)) for h in have) for w in want)
+
+
+def _by_words(result, answer: str, candidates) -> list[Support]:
+    for c in candidates:
+        hit = _sentence_with(c, lambda s, lang: _holds(s, answer, lang))
+        if hit:
+            return [_support(c, *hit, "verbatim")]
+    return []
+
+
+def _by_numbers(result, answer: str, candidates) -> list[Support]:
+    want = numbers(answer)
+    if not want:
+        return []
+    for c in candidates:
+        lang = c.hit.passage.lang
+        hit = _sentence_with(c, lambda s, _: all(any(same_number(w, h, (result.lang, lang)) for h in numbers(s))
+                                                 for w in want))
+        if hit:
+            return [_support(c, *hit, "number")]
+    return []
+
+
+def _by_meaning(result, answer: str, candidates, embedder, limit: int = 96) -> list[Support]:
+    import numpy as np
+
+    pieces = [(c, start, s) for c in candidates for start, s in sentences(c.hit.passage.text)][:limit]
+    if not pieces:
+        return []
+    query = embedder.encode_queries([f"{result.question} {answer}"])[0]
+    vectors = embedder.encode_passages([s for _, _, s in pieces])
+    scores = np.asarray(vectors) @ np.asarray(query)
+    best = int(np.argmax(scores))
+    if scores[best] < MEANING_THRESHOLD:
+        return []
+    c, start, s = pieces[best]
+    return [_support(c, start, s, "meaning")]
+
+
+def explain(result, embedder=None) -> tuple[list[Support], Agreement]:
+    """Support and agreement of a result's answer, also set on its answer step (for the app's
+    and the API's views of it)."""
+    found = find_support(result, embedder)
+    agreed = agreement(found[0] if found else None, result, embedder=embedder)
+    step = next((s for s in result.steps if s.kind == "answer"), None)
+    if step is not None:
+        step.support, step.agreement = found, agreed
+    return found, agreed
+
+
+# ---------------------------------------------------------------- agreement
+
+def agreement(support: Support | None, result, answer: str | None = None, embedder=None) -> Agreement:
+    """Compare the numbers of the supporting sentence across the supporting item's versions.
+
+    The values compared are the answer's numbers, else the supporting sentence's. A version
+    agrees when its passage holds them all; it disagrees when it lacks one and its sentence
+    corresponding to the supporting one holds a number that the supporting passage has
+    nowhere; otherwise it says nothing we can read. The corresponding sentence is the closest
+    in the embedder's space, else the one sharing most numbers, else the one at the same
+    position."""
+    if support is None:
+        return Agreement()
+    item = next((c.item for c in _candidates(result) if c.hit.passage.id == support.passage_id), None)
+    keys = numbers(result.answer if answer is None else answer) or numbers(support.quote)
+    if item is None or not keys:
+        return Agreement()
+    own = next(h.passage for h in item.members if h.passage.id == support.passage_id)
+    own_numbers = numbers(own.text)
+    position = next((i for i, (start, _) in enumerate(sentences(own.text)) if start == support.start), 0)
+    out = Agreement(by_language={own.lang: " ".join(keys)})
+    for hit in item.members:
+        p = hit.passage
+        if p.lang in out.by_language:
+            continue
+        langs = (own.lang, p.lang)
+        if all(any(same_number(k, t, langs) for t in numbers(p.text)) for k in keys):
+            out.by_language[p.lang] = " ".join(keys)
+            continue
+        sentence = _corresponding(p.text, support.quote, position, embedder)
+        new = [n for n in numbers(sentence) if not any(same_number(n, o, langs) for o in own_numbers)]
+        if new:
+            out.by_language[p.lang] = " ".join(dict.fromkeys(new))
+            out.differing.append(p.lang)
+    if out.differing:
+        out.status = "disagree"
+    elif len(out.by_language) > 1:
+        out.status = "agree"
+    return out
+
+
+def _corresponding(text: str, quote: str, position: int, embedder=None) -> str:
+    pieces = [s for _, s in sentences(text)]
+    if embedder is not None and len(pieces) > 1:
+        import numpy as np
+
+        vectors = np.asarray(embedder.encode_passages([quote] + pieces))
+        return pieces[int(np.argmax(vectors[1:] @ vectors[0]))]
+    want = set(numbers(quote))
+    shared = [len(want & set(numbers(s))) for s in pieces]
+    if want and max(shared) > 0:
+        return pieces[shared.index(max(shared))]
+    return pieces[min(position, len(pieces) - 1)]
