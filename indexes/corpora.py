@@ -1,6 +1,7 @@
 """Collections: which passages go into which language's index.
 
-A collection name picks the passages (`xquad`, `xquad-partial`, `tydiqa-goldp` (the train
+A collection name picks the passages (`xquad`, `xquad-partial`, `xquad-changed` (test
+paragraphs with one language's copy of a number changed), `tydiqa-goldp` (the train
 files; `tydiqa-goldp:dev` for another split), `wiki-summaries`, or `jsonl:PATH` for a file of {id, lang, title, text}); names combine
 with '+', e.g. `xquad-partial+wiki-summaries`. Paragraphs are cut into passages of about
 100 words (characters for zh/ja/th), and every passage keeps its source key (`doc_id` =
@@ -121,13 +122,22 @@ def jsonl(path: str, langs) -> list[Passage]:
     return out
 
 
+def xquad_changed(langs, data_dir=None) -> list[Passage]:
+    """XQuAD test paragraphs in every language, one copy of a number changed in each
+    (`crosearch_agent.changed_numbers`): sources that disagree, to test agreement."""
+    from crosearch_agent.changed_numbers import changed_paragraphs
+
+    return [p for lang in langs for p in paragraph_passages(changed_paragraphs(lang, data_dir))]
+
+
 COLLECTIONS = {
     "xquad": lambda langs, data_dir: xquad(langs, data_dir),
+    "xquad-changed": lambda langs, data_dir: xquad_changed(langs, data_dir),
     "xquad-partial": lambda langs, data_dir: xquad(langs, data_dir, partial=True),
     "tydiqa-goldp": lambda langs, data_dir, split="train": tydiqa_goldp(langs, data_dir, split),
     "wiki-summaries": lambda langs, data_dir: wiki_summaries(langs),
 }
-DEFAULT_LANGS = {"xquad": XQUAD_LANGS, "xquad-partial": XQUAD_LANGS, "wiki-summaries": tuple(WIKI_LANGS),
+DEFAULT_LANGS = {"xquad": XQUAD_LANGS, "xquad-partial": XQUAD_LANGS, "xquad-changed": XQUAD_LANGS, "wiki-summaries": tuple(WIKI_LANGS),
                  "tydiqa-goldp": tuple(sorted(set(qa_data.TYDI_LANGS.values())))}
 
 

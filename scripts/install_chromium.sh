@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The browser tests drive Debian's chromium with Playwright (no browser download); CJK fonts
-# so that Chinese/Japanese screenshots show text, not empty boxes. Installs what is missing
+# The browser tests drive Debian's chromium with Playwright (no browser download); fonts for
+# every script of the 12 languages (Noto core: Arabic, Devanagari, Thai, Greek, Cyrillic, Latin;
+# Noto CJK: Chinese) so that screenshots show letters, not empty boxes. Installs what is missing
 # when this user may use apt; otherwise says how.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-dpkg -s fonts-noto-cjk >/dev/null 2>&1 || missing+=(fonts-noto-cjk)
+for fonts in fonts-noto-core fonts-noto-cjk; do
+    dpkg -s "$fonts" >/dev/null 2>&1 || missing+=("$fonts")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     sudo=()

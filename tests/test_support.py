@@ -85,3 +85,21 @@ def test_agreement_is_unknown_without_numbers_or_support():
     [s] = find_support(result)
     assert agreement(s, result).status == "unknown"
     assert agreement(None, result).as_dict() == {"status": "unknown", "by_language": {}, "differing": []}
+
+
+def test_the_changed_collection_changes_the_asked_number_in_one_copy_of_each_paragraph(shared_data):
+    from crosearch_agent import qa_data
+    from crosearch_agent.changed_numbers import changed_paragraphs, changes
+
+    found = changes()
+    assert len(found) >= 20 and len({c.doc_id for c in found}) == len(found)
+    for change in found[:6]:
+        original = {p.doc_id: p.context for p in qa_data.load_xquad(change.lang)[0]}[change.doc_id]
+        changed = {p.doc_id: p.context for p in changed_paragraphs(change.lang)}[change.doc_id]
+        assert numbers(original).count(change.old) == 1 and change.new not in numbers(original)
+        assert numbers(changed).count(change.new) == 1 and change.old not in numbers(changed)
+        # written in the copy's own digits, everything else untouched
+        assert len(changed) - len(original) == len(change.new) - len(change.old)
+        other = "en" if change.lang != "en" else "de"
+        assert {p.doc_id: p.context for p in changed_paragraphs(other)}[change.doc_id] == \
+            {p.doc_id: p.context for p in qa_data.load_xquad(other)[0]}[change.doc_id]
