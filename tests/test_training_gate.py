@@ -66,7 +66,7 @@ def test_the_gate_decides_what_becomes_latest(tmp_path, monkeypatch):
 @pytest.mark.timeout(1200)
 def test_a_broken_candidate_never_replaces_the_shipped_policy(tmp_path, monkeypatch, shared_data):
     """The real gate: the shipped policy against a candidate with random weights, both
-    through the eval on one dev question per language (transformers backend)."""
+    through the eval on one dev question in each of three languages (transformers backend)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -87,7 +87,7 @@ def test_a_broken_candidate_never_replaces_the_shipped_policy(tmp_path, monkeypa
     shutil.copytree(shipped, broken)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(shipped)).to(torch.bfloat16).save_pretrained(broken)
-    cfg = load_config("cpu-smoke", {"gate_questions": 1, "gate_backend": "transformers"})
+    cfg = load_config("cpu-smoke", {"gate_questions": 1, "gate_backend": "transformers", "languages": ["de", "zh", "ar"]})
 
     assert not publish_if_not_worse(cfg, broken)
     decision = json.loads((broken / "gate.json").read_text())

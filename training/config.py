@@ -97,7 +97,7 @@ class TrainConfig:
     vllm_gpu_memory_utilization: float = option(0.3, "share of GPU memory for TRL's vLLM engine")
     publish: bool | str = option(True, "point <data home>/checkpoints/latest at the result when the gate finds it not "
                                        "worse than the policy served now; force: always", type=lambda v: _publish(v))
-    gate_questions: int = option(4, "the gate's dev slice: this many XQuAD dev questions per language")
+    gate_questions: int = option(4, "the gate's dev slice: this many XQuAD dev questions in each training language")
     gate_tolerance: float = option(0.0, "how much lower F1 / format-valid rate may be and still publish")
     gate_backend: str | None = option(None, "backend of the gate's eval (default: vllm when installed)")
 

@@ -46,9 +46,10 @@ def slice_scores(policy: str, cfg, log=print) -> dict:
     from crosearch_agent.eval import run_qa
     from crosearch_agent.policy_folders import adopt_trained_options
 
-    settings = Settings(collection=cfg.agent.collection, policy=policy, backend=cfg.gate_backend, seed=cfg.seed)
+    settings = Settings(collection=cfg.agent.collection, languages=list(cfg.languages), policy=policy,
+                        backend=cfg.gate_backend, seed=cfg.seed)
     adopt_trained_options(settings)
-    log(f"gate: scoring {policy} on {cfg.gate_questions} dev questions per language")
+    log(f"gate: scoring {policy} on {cfg.gate_questions} dev questions in each of {len(cfg.languages)} languages")
     results, _, _ = run_qa(settings, "xquad", "dev", ["crosearch"], cfg.gate_questions)
     overall = results["crosearch"]["overall"]
     return {"f1": overall["f1"], "valid": overall["valid"], "n": overall["n"]}
@@ -56,7 +57,8 @@ def slice_scores(policy: str, cfg, log=print) -> dict:
 
 def _cache_key(policy: Path, cfg) -> str:
     stamp = max((p.stat().st_mtime_ns for p in policy.glob("*.safetensors")), default=0)
-    return json.dumps([str(policy), stamp, cfg.agent.collection, cfg.gate_questions, cfg.gate_backend, cfg.seed])
+    return json.dumps([str(policy), stamp, cfg.agent.collection, cfg.gate_questions, cfg.gate_backend, cfg.seed,
+                       sorted(cfg.languages)])
 
 
 def incumbent_scores(cfg, log=print, scorer=None) -> tuple[str, dict]:
