@@ -33,6 +33,7 @@ NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 CITATION = re.compile(r"\bDoc\s*(\d+)\b[^:]*?(?:says|:)\s*:?\s*(.*)", re.IGNORECASE | re.DOTALL)
 MEANING_THRESHOLD = 0.86  # cosine of e5 "query: question answer" to a "passage: sentence" (see EVAL notes)
 BUDDHIST_ERA = 543        # Thai years: 2559 BE = 2016 CE
+VERSION_THRESHOLD = 0.9   # cosine of two e5 "passage:" sentences that are translations of each other
 
 
 @dataclass
@@ -152,9 +153,18 @@ def _candidates(result) -> list[_Candidate]:
     return shown + others
 
 
-def _support(c: _Candidate, start: int, quote: str, how: str) -> Support:
+def _widest_item(result, passage_id: str):
+    """Of the evidence items that hold a passage, the one with the most language versions
+    (a local search finds it alone; the global search aligns its translations to it)."""
+    items = [item for items in _searches(result) for item in items
+             if any(h.passage.id == passage_id for h in item.members)]
+    return max(items, key=lambda item: len(item.members), default=None)
+
+
+def _support(c: _Candidate, start: int, quote: str, how: str, result=None) -> Support:
     p = c.hit.passage
-    also = [l for l in dict.fromkeys(h.passage.lang for h in c.item.members) if l != p.lang]
+    item = _widest_item(result, p.id) if result is not None else c.item
+    also = [l for l in dict.fromkeys(h.passage.lang for h in (item or c.item).members) if l != p.lang]
     return Support(p.lang, p.doc_id, p.id, p.title, c.search, c.rank, quote, start, how, also)
 
 
@@ -202,7 +212,7 @@ def _by_citation(result, answer: str, candidates) -> list[Support]:
             if words:
                 hit = _sentence_with(c, lambda s, lang, w=words: _holds(s, w, lang) or _numbers_in(w, s, lang))
                 if hit:
-                    return [_support(c, *hit, "citation")]
+                    return [_support(c, *hit, "citation", result)]
     return []
 
 
@@ -221,7 +231,7 @@ def _by_words(result, answer: str, candidates) -> list[Support]:
     for c in candidates:
         hit = _sentence_with(c, lambda s, lang: _holds(s, answer, lang))
         if hit:
-            return [_support(c, *hit, "verbatim")]
+            return [_support(c, *hit, "verbatim", result)]
     return []
 
 
@@ -234,7 +244,7 @@ def _by_numbers(result, answer: str, candidates) -> list[Support]:
         hit = _sentence_with(c, lambda s, _: all(any(same_number(w, h, (result.lang, lang)) for h in numbers(s))
                                                  for w in want))
         if hit:
-            return [_support(c, *hit, "number")]
+            return [_support(c, *hit, "number", result)]
     return []
 
 
@@ -251,7 +261,7 @@ def _by_meaning(result, answer: str, candidates, embedder, limit: int = 96) -> l
     if scores[best] < MEANING_THRESHOLD:
         return []
     c, start, s = pieces[best]
-    return [_support(c, start, s, "meaning")]
+    return [_support(c, start, s, "meaning", result)]
 
 
 def explain(result, embedder=None) -> tuple[list[Support], Agreement]:
@@ -270,6 +280,10 @@ def explain(result, embedder=None) -> tuple[list[Support], Agreement]:
 def agreement(support: Support | None, result, answer: str | None = None, embedder=None) -> Agreement:
     """Compare the numbers of the supporting sentence across the supporting item's versions.
 
+    The versions are the item's members with the supporting passage's source key (`doc_id`,
+    which translations share in this project's collections); where no other member shares it,
+    those whose corresponding sentence is a near translation of the supporting one (cosine >=
+    `VERSION_THRESHOLD`; the aligner also groups passages that are merely about the same thing).
     The values compared are the answer's numbers, else the supporting sentence's. A version
     agrees when its passage holds them all; it disagrees when it lacks one and its sentence
     corresponding to the supporting one holds a number that the supporting passage has
@@ -278,7 +292,7 @@ def agreement(support: Support | None, result, answer: str | None = None, embedd
     position."""
     if support is None:
         return Agreement()
-    item = next((c.item for c in _candidates(result) if c.hit.passage.id == support.passage_id), None)
+    item = _widest_item(result, support.passage_id)
     keys = numbers(result.answer if answer is None else answer) or numbers(support.quote)
     if item is None or not keys:
         return Agreement()
@@ -286,15 +300,17 @@ def agreement(support: Support | None, result, answer: str | None = None, embedd
     own_numbers = numbers(own.text)
     position = next((i for i, (start, _) in enumerate(sentences(own.text)) if start == support.start), 0)
     out = Agreement(by_language={own.lang: " ".join(keys)})
-    for hit in item.members:
-        p = hit.passage
+    same_source = [h.passage for h in item.members if h.passage.doc_id == own.doc_id and h.passage.id != own.id]
+    for p in same_source or [h.passage for h in item.members if h.passage.id != own.id]:
         if p.lang in out.by_language:
             continue
+        sentence, closeness = _corresponding(p.text, support.quote, position, embedder)
+        if not same_source and (closeness is None or closeness < VERSION_THRESHOLD):
+            continue  # not shown to be a version of the same text
         langs = (own.lang, p.lang)
         if all(any(same_number(k, t, langs) for t in numbers(p.text)) for k in keys):
             out.by_language[p.lang] = " ".join(keys)
             continue
-        sentence = _corresponding(p.text, support.quote, position, embedder)
         new = [n for n in numbers(sentence) if not any(same_number(n, o, langs) for o in own_numbers)]
         if new:
             out.by_language[p.lang] = " ".join(dict.fromkeys(new))
@@ -306,15 +322,18 @@ def agreement(support: Support | None, result, answer: str | None = None, embedd
     return out
 
 
-def _corresponding(text: str, quote: str, position: int, embedder=None) -> str:
+def _corresponding(text: str, quote: str, position: int, embedder=None) -> tuple[str, float | None]:
+    """(the sentence of `text` that corresponds to `quote`, its cosine to it when measured)."""
     pieces = [s for _, s in sentences(text)]
-    if embedder is not None and len(pieces) > 1:
+    if embedder is not None:
         import numpy as np
 
         vectors = np.asarray(embedder.encode_passages([quote] + pieces))
-        return pieces[int(np.argmax(vectors[1:] @ vectors[0]))]
+        scores = vectors[1:] @ vectors[0]
+        best = int(np.argmax(scores))
+        return pieces[best], float(scores[best])
     want = set(numbers(quote))
     shared = [len(want & set(numbers(s))) for s in pieces]
     if want and max(shared) > 0:
-        return pieces[shared.index(max(shared))]
-    return pieces[min(position, len(pieces) - 1)]
+        return pieces[shared.index(max(shared))], None
+    return pieces[min(position, len(pieces) - 1)], None
