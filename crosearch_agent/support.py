@@ -31,7 +31,10 @@ from crosearch_agent.metrics import normalize
 SENTENCE_END = re.compile(r"(?<=[.!?。！？؟।॥])\s+|(?<=[。！？])|\n+")
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 CITATION = re.compile(r"\bDoc\s*(\d+)\b[^:]*?(?:says|:)\s*:?\s*(.*)", re.IGNORECASE | re.DOTALL)
-MEANING_THRESHOLD = 0.86  # cosine of e5 "query: question answer" to a "passage: sentence" (see EVAL notes)
+# Cosine of e5 "query: question answer" to a "passage: sentence". Measured on 120 XQuAD dev
+# questions answered with their gold: above 0.86, 12 of 15 meaning matches were the gold
+# paragraph (above 0.80: 37 of 50).
+MEANING_THRESHOLD = 0.86
 BUDDHIST_ERA = 543        # Thai years: 2559 BE = 2016 CE
 VERSION_THRESHOLD = 0.9   # cosine of two e5 "passage:" sentences that are translations of each other
 
