@@ -95,6 +95,11 @@ def numbers(text: str) -> list[str]:
     return out
 
 
+def _digits(number: str) -> int:
+    """How many digits a number has before its decimal point."""
+    return len(number.split(".")[0])
+
+
 def same_number(a: str, b: str, langs: tuple[str, str] = ("", "")) -> bool:
     """Equal, or the same year in the Gregorian and the Thai Buddhist calendar."""
     if a == b:
@@ -314,7 +319,10 @@ def agreement(support: Support | None, result, answer: str | None = None, embedd
         if all(any(same_number(k, t, langs) for t in numbers(p.text)) for k in keys):
             out.by_language[p.lang] = " ".join(keys)
             continue
-        new = [n for n in numbers(sentence) if not any(same_number(n, o, langs) for o in own_numbers)]
+        # A different value is a number of the same size as a compared one that the supporting
+        # passage has nowhere (small counts are often written as words in one language).
+        new = [n for n in numbers(sentence) if any(_digits(n) == _digits(k) for k in keys)
+               and not any(same_number(n, o, langs) for o in own_numbers)]
         if new:
             out.by_language[p.lang] = " ".join(dict.fromkeys(new))
             out.differing.append(p.lang)

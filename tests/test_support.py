@@ -103,3 +103,11 @@ def test_the_changed_collection_changes_the_asked_number_in_one_copy_of_each_par
         other = "en" if change.lang != "en" else "de"
         assert {p.doc_id: p.context for p in changed_paragraphs(other)}[change.doc_id] == \
             {p.doc_id: p.context for p in qa_data.load_xquad(other)[0]}[change.doc_id]
+
+
+def test_a_small_count_written_in_words_in_one_version_is_no_disagreement():
+    versions = [("de", "Er erzielte 118 Tackles und vier Sacks.", "NFL/1"),
+                ("es", "Logró ciento dieciocho placajes y 4 capturas.", "NFL/1")]
+    result = _result("118", "de", [[_item(1, *versions)]])
+    [s] = find_support(result)
+    assert agreement(s, result).status != "disagree"
