@@ -7,7 +7,7 @@ import torch
 
 from training.config import load_config
 from training.head import IGNORE, labelled_loss
-from training.sft import load_trainable
+from training.model import load_trainable
 
 
 @pytest.fixture(scope="module")

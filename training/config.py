@@ -229,6 +229,12 @@ def agent_settings(cfg: TrainConfig, collection: str | None = None) -> Settings:
     return dataclasses.replace(cfg.agent, collection=collection or cfg.agent.collection, seed=cfg.seed)
 
 
+def agent_options(cfg: TrainConfig) -> dict:
+    """The agent's settings as a run records them (training.json "agent"; serving adopts them)."""
+    return {k: v for k, v in dataclasses.asdict(agent_settings(cfg)).items()
+            if k not in ("data_dir", "policy", "backend", "base_url")}
+
+
 def device_kind(cfg: TrainConfig) -> str:
     if cfg.device != "auto":
         return cfg.device

@@ -11,8 +11,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from crosearch_agent import qa_data
 from crosearch_agent.languages import XQUAD_LANGS
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 TRAIN_SPLIT = "train"
 
@@ -167,3 +172,29 @@ def assign_languages(example: Example, num_generations: int, n_langs: int, multi
     """The language of each of a group's `num_generations` rollouts, round-robin."""
     langs = rollout_languages(example, n_langs, multilingual, seed)
     return [langs[j % len(langs)] for j in range(num_generations)]
+
+
+def make_agent_factory(cfg: TrainConfig):
+    """`agent_for(collection)`: one agent per collection, sharing one embedder, searching
+    train-split evidence only."""
+    from crosearch_agent.agent import Agent
+    from crosearch_agent.embedder import Embedder
+    from crosearch_agent.retriever import load_retriever
+    from crosearch_agent.store import StoreError
+    from training.config import agent_settings
+
+    agents, embedder = {}, []
+
+    def agent_for(collection: str):
+        if collection not in agents:
+            settings = agent_settings(cfg, collection)
+            if not embedder and not getattr(settings, "retriever_url", None):
+                embedder.append(Embedder(cfg.agent.embedder))
+            try:
+                retriever = load_retriever(settings, embedder[0] if embedder else None)
+            except StoreError as err:
+                raise StoreError(f"{err}\n(build it with: python -m indexes.build --collection {collection})") from err
+            agents[collection] = Agent(None, TrainOnlyRetriever(retriever), settings)
+        return agents[collection]
+
+    return agent_for

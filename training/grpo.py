@@ -170,7 +170,9 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     from training import checkpoints, data, rewards
     from training.logs import StepLogger
     from training.rollout import RolloutStats, make_rollout_func
-    from training.sft import agent_options, load_trainable, make_agent_factory
+    from training.config import agent_options
+    from training.data import make_agent_factory
+    from training.model import load_trainable
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir

@@ -28,7 +28,9 @@ from pathlib import Path
 
 from crosearch_agent import languages, prompts
 from crosearch_agent.store import StoreError
-from training.config import TrainConfig, config_from_command_line
+from training.config import TrainConfig, agent_options, config_from_command_line
+from training.data import make_agent_factory
+from training.model import load_trainable
 from training.head import IGNORE, labelled_loss
 from training.rollout import POLICY, TurnRecorder, run_rollouts
 
@@ -349,28 +351,6 @@ def progress_callback(log=print, rows_per_step: int = 1, every: int = 5):
     return ProgressLog()
 
 
-def load_trainable(path: str, cfg: TrainConfig):
-    """The policy to train, in float32 (bf16 autocast computes; small updates are not lost to
-    bf16 rounding), with its embedding frozen when the config says so; with `lora_r` > 0 a
-    peft LoRA model over all linear layers of the top `lora_layers` decoder layers."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    if cfg.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too
-    if not cfg.lora_r:
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    n = model.config.num_hidden_layers
-    top = list(range(n - cfg.lora_layers, n)) if 0 < cfg.lora_layers < n else None
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, layers_to_transform=top,
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                      task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
-
-
 def make_sft_trainer_class():
     """SFTTrainer whose loss projects only the labelled positions through the LM head
     (`labelled_loss`). The loss is the sum over labelled tokens divided by their number in
@@ -392,40 +372,6 @@ def make_sft_trainer_class():
             return (loss, None) if return_outputs else loss
 
     return Trainer
-
-
-def agent_options(cfg: TrainConfig) -> dict:
-    from dataclasses import asdict
-
-    from training.config import agent_settings
-
-    return {k: v for k, v in asdict(agent_settings(cfg)).items() if k not in ("data_dir", "policy", "backend", "base_url")}
-
-
-def make_agent_factory(cfg: TrainConfig):
-    """`agent_for(collection)`: one agent per collection, sharing one embedder, searching
-    train-split evidence only."""
-    from crosearch_agent.agent import Agent
-    from crosearch_agent.embedder import Embedder
-    from crosearch_agent.retriever import load_retriever
-    from training.config import agent_settings
-    from training.data import TrainOnlyRetriever
-
-    agents, embedder = {}, []
-
-    def agent_for(collection: str):
-        if collection not in agents:
-            settings = agent_settings(cfg, collection)
-            if not embedder and not getattr(settings, "retriever_url", None):
-                embedder.append(Embedder(cfg.agent.embedder))
-            try:
-                retriever = load_retriever(settings, embedder[0] if embedder else None)
-            except StoreError as err:
-                raise StoreError(f"{err}\n(build it with: python -m indexes.build --collection {collection})") from err
-            agents[collection] = Agent(None, TrainOnlyRetriever(retriever), settings)
-        return agents[collection]
-
-    return agent_for
 
 
 def main(argv=None) -> int:

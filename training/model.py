@@ -1,0 +1,27 @@
+"""The policy being trained, as training loads it: float32 weights, the embedding frozen when
+the config says so, and with `lora_r` > 0 a peft LoRA model over the top decoder layers."""
+from __future__ import annotations
+
+from training.config import TrainConfig
+
+
+def load_trainable(path: str, cfg: TrainConfig):
+    """The policy to train, in float32 (bf16 autocast computes; small updates are not lost to
+    bf16 rounding), with its embedding frozen when the config says so; with `lora_r` > 0 a
+    peft LoRA model over all linear layers of the top `lora_layers` decoder layers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too
+    if not cfg.lora_r:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    n = model.config.num_hidden_layers
+    top = list(range(n - cfg.lora_layers, n)) if 0 < cfg.lora_layers < n else None
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, layers_to_transform=top,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
