@@ -295,22 +295,11 @@ def anchor(passage_id: str) -> str:
     return "cs-p-" + re.sub(r"[^A-Za-z0-9_-]", "-", passage_id)
 
 
-def supporting_versions(record: dict) -> dict[str, str]:
-    """Language -> passage id of each version of the supporting evidence item."""
-    if not record.get("support"):
-        return {}
-    wanted = record["support"][0]["passage_id"]
-    for step in record["steps"]:
-        for item in step.get("items", []) if step["kind"] == "evidence" else []:
-            if any(m["id"] == wanted for m in item["members"]):
-                return {m["lang"]: m["id"] for m in item["members"]}
-    return {}
-
-
 def agreement_html(record: dict) -> str:
     """The "Sources disagree" panel (each language's value, linked to its version), or the
     line saying in how many languages the versions agree."""
-    agreement, versions = record.get("agreement") or {}, supporting_versions(record)
+    agreement = record.get("agreement") or {}
+    versions = record["support"][0]["versions"] if record.get("support") else {}
     values = agreement.get("by_language", {})
     links = [f'<li><a href="#{anchor(versions[l])}">{html_text(lang_label(l))}</a>: <b>{html_text(v)}</b></li>'
              if l in versions else f"<li>{html_text(lang_label(l))}: <b>{html_text(v)}</b></li>" for l, v in values.items()]

@@ -111,8 +111,9 @@ def add_arguments(parser, cls, only=None, exclude=(), prefix: str = "", override
             for key in meta.pop("keys"):
                 dests += _add_flag(parser, f"{name}.{key}", f"{help_text}: {key}", default.get(key), meta, overrides)
             continue
-        if "type" not in meta and "action" not in meta and _flag_type(hints[f.name]):
-            meta["type"] = _flag_type(hints[f.name])
+        kind = _flag_type(hints[f.name])
+        if "type" not in meta and "action" not in meta and kind:
+            meta["type"] = kind
         dests += _add_flag(parser, name, help_text, default, meta, overrides)
     return dests
 

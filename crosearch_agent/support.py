@@ -52,6 +52,7 @@ class Support:
     start: int           # where the quote starts in the passage text
     how: str             # citation | verbatim | number | meaning
     also_in: list[str] = field(default_factory=list)  # the languages of the item's other versions
+    versions: dict[str, str] = field(default_factory=dict)  # language -> passage id of each version
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -169,11 +170,13 @@ def _widest_item(result, passage_id: str):
     return max(items, key=lambda item: len(item.members), default=None)
 
 
-def _support(c: _Candidate, start: int, quote: str, how: str, result=None) -> Support:
+def _support(c: _Candidate, start: int, quote: str, how: str, result) -> Support:
     p = c.hit.passage
-    item = _widest_item(result, p.id) if result is not None else c.item
-    also = [l for l in dict.fromkeys(h.passage.lang for h in (item or c.item).members) if l != p.lang]
-    return Support(p.lang, p.doc_id, p.id, p.title, c.search, c.rank, quote, start, how, also)
+    item = _widest_item(result, p.id) or c.item
+    versions = {p.lang: p.id}
+    for h in item.members:  # the item's first passage of each other language
+        versions.setdefault(h.passage.lang, h.passage.id)
+    return Support(p.lang, p.doc_id, p.id, p.title, c.search, c.rank, quote, start, how, list(versions)[1:], versions)
 
 
 def _sentence_with(c: _Candidate, test) -> tuple[int, str] | None:
@@ -312,13 +315,18 @@ def agreement(support: Support | None, result, answer: str | None = None, embedd
     for p in same_source or [h.passage for h in item.members if h.passage.id != own.id]:
         if p.lang in out.by_language:
             continue
-        sentence, closeness = _corresponding(p.text, support.quote, position, embedder)
-        if not same_source and (closeness is None or closeness < VERSION_THRESHOLD):
-            continue  # not shown to be a version of the same text
         langs = (own.lang, p.lang)
-        if all(any(same_number(k, t, langs) for t in numbers(p.text)) for k in keys):
+        holds_all = all(any(same_number(k, t, langs) for t in numbers(p.text)) for k in keys)
+        sentence = None
+        if not same_source:  # a version only if its sentence is a near translation of the quote
+            sentence, closeness = _corresponding(p.text, support.quote, position, embedder)
+            if closeness is None or closeness < VERSION_THRESHOLD:
+                continue
+        if holds_all:
             out.by_language[p.lang] = " ".join(keys)
             continue
+        if sentence is None:
+            sentence, _ = _corresponding(p.text, support.quote, position, embedder)
         # A different value is a number of the same size as a compared one that the supporting
         # passage has nowhere (small counts are often written as words in one language).
         new = [n for n in numbers(sentence) if any(_digits(n) == _digits(k) for k in keys)

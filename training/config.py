@@ -37,6 +37,10 @@ def training_agent() -> Settings:
     return Settings(k=3, max_turns=2, max_new_tokens=64, few_shot=0, temperature=1.0)
 
 
+def _publish(text):
+    return "force" if str(text).lower() == "force" else parse_bool(text)
+
+
 @dataclass
 class TrainConfig:
     name: str = option("run", "the run's name: its folders under the data home are named after it")
@@ -96,7 +100,7 @@ class TrainConfig:
     vllm_mode: str = option("colocate", "TRL's vLLM mode")
     vllm_gpu_memory_utilization: float = option(0.3, "share of GPU memory for TRL's vLLM engine")
     publish: bool | str = option(True, "point <data home>/checkpoints/latest at the result when the gate finds it not "
-                                       "worse than the policy served now; force: always", type=lambda v: _publish(v))
+                                       "worse than the policy served now; force: always", type=_publish)
     gate_questions: int = option(4, "the gate's dev slice: this many XQuAD dev questions in each training language")
     gate_tolerance: float = option(0.0, "how much lower F1 / format-valid rate may be and still publish")
     gate_backend: str | None = option(None, "backend of the gate's eval (default: vllm when installed)")
@@ -159,10 +163,6 @@ class TrainConfig:
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
         return self
-
-
-def _publish(text):
-    return "force" if str(text).lower() == "force" else parse_bool(text)
 
 
 def agent_from(options: dict) -> Settings:
