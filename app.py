@@ -211,12 +211,13 @@ def build_ui(engine: Engine, examples: list[tuple[str, str]] | None = None):
         timer.tick(tick, None, [status, timer], concurrency_limit=None, api_visibility="private")
         demo.load(tick, None, [status, timer], concurrency_limit=None, api_visibility="private")
 
-        def ask_endpoint(question: str, languages: str = "") -> dict:
+        def ask_endpoint(question: str, languages: str = "", collection: str = "") -> dict:
             """Ask CroSearch one question. `languages`: optional comma-separated codes to search
-            (default: every indexed language). Returns the answer, its language, every step and
-            the evidence as JSON."""
+            (default: every indexed language); `collection`: optional name of a built collection
+            (default: the app's). Returns the answer, its language, every step, the evidence, the
+            answer's support and the versions' agreement as JSON."""
             chosen = [l.strip() for l in (languages or "").split(",") if l.strip()]
-            return ask(engine, question, Options(languages=chosen or None))
+            return ask(engine, question, Options(collection.strip() or None, chosen or None))
 
         gr.api(ask_endpoint, api_name="ask", concurrency_id="agent")
     return demo

@@ -295,17 +295,24 @@ def anchor(passage_id: str) -> str:
     return "cs-p-" + re.sub(r"[^A-Za-z0-9_-]", "-", passage_id)
 
 
-def agreement_html(record: dict) -> str:
-    """The "Sources disagree" panel (each language's value, linked to its version), or the
-    line saying in how many languages the versions agree."""
+def agreement_html(record: dict, anchored: set[str] = frozenset()) -> str:
+    """The "Sources disagree" panel (each language's value and the sentence it was read in,
+    linked to its passage where the view shows it), or the line saying in how many languages
+    the versions agree."""
     agreement = record.get("agreement") or {}
-    versions = record["support"][0]["versions"] if record.get("support") else {}
     values = agreement.get("by_language", {})
-    links = [f'<li><a href="#{anchor(versions[l])}">{html_text(lang_label(l))}</a>: <b>{html_text(v)}</b></li>'
-             if l in versions else f"<li>{html_text(lang_label(l))}: <b>{html_text(v)}</b></li>" for l, v in values.items()]
     if agreement.get("status") == "disagree":
+        rows = []
+        for lang, value in values.items():
+            target = anchor(agreement.get("passages", {}).get(lang, ""))
+            name = (f'<a href="#{target}">{html_text(lang_label(lang))}</a>' if target in anchored
+                    else html_text(lang_label(lang)))
+            quote = agreement.get("quotes", {}).get(lang)
+            differs = ' class="cs-differs"' if lang in agreement.get("differing", []) else ""
+            rows.append(f'<li data-lang="{html_text(lang)}"{differs}>{name}: <b>{html_text(value)}</b>'
+                        + (f' <span class="cs-quote">“{html_text(one_line(quote, 240))}”</span>' if quote else "") + "</li>")
         return ('<div class="cs-disagree"><b>Sources disagree</b> at the sentence the answer came from:'
-                f'<ul>{"".join(links)}</ul></div>')
+                f'<ul>{"".join(rows)}</ul></div>')
     if agreement.get("status") == "agree":
         return (f'<div class="cs-agree">The versions agree in {len(values)} languages: '
                 + ", ".join(html_text(lang_name(l)) for l in values) + ".</div>")
@@ -335,7 +342,9 @@ def evidence_html(record: dict | None) -> str:
             + (f' — answer: <b>{html_text(answer)}</b>' if answer else "") + "</div>")
     if not parts:
         return head + f'<div class="cs-empty">No evidence for this question. {html_text(record.get("error") or "")}</div>'
-    return head + agreement_html(record) + '<div class="cs-evidence">' + "".join(parts) + "</div>"
+    body = "".join(parts)
+    anchored = set(re.findall(r'id="(cs-p-[^"]+)"', body))
+    return head + agreement_html(record, anchored) + '<div class="cs-evidence">' + body + "</div>"
 
 
 def evidence_card(item: dict, answer: str | None, query: str, support: dict | None = None) -> str:

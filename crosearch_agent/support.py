@@ -64,9 +64,12 @@ class Agreement:
     status: str = "unknown"                     # agree | disagree | unknown
     by_language: dict[str, str] = field(default_factory=dict)
     differing: list[str] = field(default_factory=list)   # the languages whose value differs
+    passages: dict[str, str] = field(default_factory=dict)  # language -> id of the passage read
+    quotes: dict[str, str] = field(default_factory=dict)    # language -> the sentence read there
 
     def as_dict(self) -> dict:
-        return {"status": self.status, "by_language": dict(self.by_language), "differing": list(self.differing)}
+        return {"status": self.status, "by_language": dict(self.by_language), "differing": list(self.differing),
+                "passages": dict(self.passages), "quotes": dict(self.quotes)}
 
 
 # ---------------------------------------------------------------- text pieces
@@ -289,18 +292,25 @@ def explain(result, embedder=None) -> tuple[list[Support], Agreement]:
 # ---------------------------------------------------------------- agreement
 
 def agreement(support: Support | None, result, answer: str | None = None, embedder=None) -> Agreement:
-    """Compare the numbers of the supporting sentence across the supporting item's versions.
+    """Compare the numbers of the supporting sentence across the language versions of the
+    supporting passage.
 
-    The versions are the item's members with the supporting passage's source key (`doc_id`,
-    which translations share in this project's collections); where no other member shares it,
-    those whose corresponding sentence is a near translation of the supporting one (cosine >=
-    `VERSION_THRESHOLD`; the aligner also groups passages that are merely about the same thing).
+    A language's version is every passage of the conversation's evidence that shares the
+    supporting passage's source key (`doc_id`, which translations share in this project's
+    collections): a long document is cut into passages at different places in each language,
+    so the sentence that matters may sit in a passage of another evidence item, or another
+    search. Where no other passage shares the key, the versions are the supporting item's
+    members whose corresponding sentence is a near translation of the supporting one (cosine
+    >= `VERSION_THRESHOLD`; the aligner also groups passages that are merely about the same
+    thing).
+
     The values compared are the answer's numbers, else the supporting sentence's. A version
-    agrees when its passage holds them all; it disagrees when it lacks one and its sentence
-    corresponding to the supporting one holds a number that the supporting passage has
-    nowhere; otherwise it says nothing we can read. The corresponding sentence is the closest
-    in the embedder's space, else the one sharing most numbers, else the one at the same
-    position."""
+    agrees when its passages hold them all. It disagrees when it lacks one and its sentence
+    corresponding to the supporting one holds a number of the same size that neither the
+    supporting language's passages nor any agreeing version hold (a number from another part
+    of the document is in those). Otherwise it says nothing we can read. The corresponding
+    sentence is the closest in the embedder's space, else the one sharing most numbers, else
+    the one at the same position."""
     if support is None:
         return Agreement()
     item = _widest_item(result, support.passage_id)
@@ -308,32 +318,42 @@ def agreement(support: Support | None, result, answer: str | None = None, embedd
     if item is None or not keys:
         return Agreement()
     own = next(h.passage for h in item.members if h.passage.id == support.passage_id)
-    own_numbers = numbers(own.text)
     position = next((i for i, (start, _) in enumerate(sentences(own.text)) if start == support.start), 0)
-    out = Agreement(by_language={own.lang: " ".join(keys)})
-    same_source = [h.passage for h in item.members if h.passage.doc_id == own.doc_id and h.passage.id != own.id]
-    for p in same_source or [h.passage for h in item.members if h.passage.id != own.id]:
-        if p.lang in out.by_language:
+    versions = _versions_by_language(result, own)
+    same_source = len(versions) > 1
+    if not same_source:
+        versions = {}
+        for h in item.members:
+            if h.passage.id != own.id:
+                versions.setdefault(h.passage.lang, [h.passage])
+    out = Agreement(by_language={own.lang: " ".join(keys)}, passages={own.lang: own.id},
+                    quotes={own.lang: support.quote})
+    known = set(numbers(" ".join(p.text for p in versions.get(own.lang, [own]))))
+    lacking = {}
+    for lang, passages in versions.items():
+        if lang == own.lang:
             continue
-        langs = (own.lang, p.lang)
-        holds_all = all(any(same_number(k, t, langs) for t in numbers(p.text)) for k in keys)
-        sentence = None
+        text = " ".join(p.text for p in passages)
         if not same_source:  # a version only if its sentence is a near translation of the quote
-            sentence, closeness = _corresponding(p.text, support.quote, position, embedder)
+            _, closeness, _ = _corresponding(passages, support.quote, position, embedder)
             if closeness is None or closeness < VERSION_THRESHOLD:
                 continue
-        if holds_all:
-            out.by_language[p.lang] = " ".join(keys)
-            continue
-        if sentence is None:
-            sentence, _ = _corresponding(p.text, support.quote, position, embedder)
-        # A different value is a number of the same size as a compared one that the supporting
-        # passage has nowhere (small counts are often written as words in one language).
+        if all(any(same_number(k, t, (own.lang, lang)) for t in numbers(text)) for k in keys):
+            out.by_language[lang] = " ".join(keys)
+            out.quotes[lang], out.passages[lang] = _sentence_holding(passages, keys[0], (own.lang, lang))
+            known.update(numbers(text))
+        else:
+            lacking[lang] = passages
+    for lang, passages in lacking.items():
+        sentence, _, passage = _corresponding(passages, support.quote, position, embedder)
+        # A different value is a number of the size of a compared one (small counts are often
+        # written as words in one language) that no agreeing text holds.
         new = [n for n in numbers(sentence) if any(_digits(n) == _digits(k) for k in keys)
-               and not any(same_number(n, o, langs) for o in own_numbers)]
+               and not any(same_number(n, o, (own.lang, lang)) for o in known)]
         if new:
-            out.by_language[p.lang] = " ".join(dict.fromkeys(new))
-            out.differing.append(p.lang)
+            out.by_language[lang] = " ".join(dict.fromkeys(new))
+            out.passages[lang], out.quotes[lang] = passage.id, sentence
+            out.differing.append(lang)
     if out.differing:
         out.status = "disagree"
     elif len(out.by_language) > 1:
@@ -341,18 +361,45 @@ def agreement(support: Support | None, result, answer: str | None = None, embedd
     return out
 
 
-def _corresponding(text: str, quote: str, position: int, embedder=None) -> tuple[str, float | None]:
-    """(the sentence of `text` that corresponds to `quote`, its cosine to it when measured)."""
-    pieces = [s for _, s in sentences(text)]
+def _sentence_holding(passages: list, number: str, langs: tuple[str, str]) -> tuple[str, str]:
+    """(the first sentence of `passages` holding `number`, the id of its passage)."""
+    for p in passages:
+        for _, sentence in sentences(p.text):
+            if any(same_number(number, n, langs) for n in numbers(sentence)):
+                return sentence, p.id
+    return "", passages[0].id
+
+
+def _versions_by_language(result, own) -> dict[str, list]:
+    """language -> the evidence passages sharing `own`'s source key, in search and rank order
+    (those of the widest item first)."""
+    item = _widest_item(result, own.id)
+    out: dict[str, list] = {}
+    seen = set()
+    everything = [h.passage for h in item.members] + [h.passage for items in _searches(result)
+                                                      for it in items for h in it.members]
+    for p in everything:
+        if p.doc_id == own.doc_id and p.id not in seen:
+            seen.add(p.id)
+            out.setdefault(p.lang, []).append(p)
+    return out
+
+
+def _corresponding(passages: list, quote: str, position: int, embedder=None) -> tuple[str, float | None, object]:
+    """(the sentence of `passages` that corresponds to `quote`, its cosine to it when measured,
+    the passage holding it)."""
+    pieces = [(s, p) for p in passages for _, s in sentences(p.text)]
     if embedder is not None:
         import numpy as np
 
-        vectors = np.asarray(embedder.encode_passages([quote] + pieces))
+        vectors = np.asarray(embedder.encode_passages([quote] + [s for s, _ in pieces]))
         scores = vectors[1:] @ vectors[0]
         best = int(np.argmax(scores))
-        return pieces[best], float(scores[best])
+        return pieces[best][0], float(scores[best]), pieces[best][1]
     want = set(numbers(quote))
-    shared = [len(want & set(numbers(s))) for s in pieces]
+    shared = [len(want & set(numbers(s))) for s, _ in pieces]
     if want and max(shared) > 0:
-        return pieces[shared.index(max(shared))], None
-    return pieces[min(position, len(pieces) - 1)], None
+        s, p = pieces[shared.index(max(shared))]
+        return s, None, p
+    s, p = pieces[min(position, len(pieces) - 1)]
+    return s, None, p

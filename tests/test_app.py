@@ -207,6 +207,7 @@ def test_disagreeing_versions_get_a_panel_that_links_each_value_to_its_version()
     assert "Sources disagree" in page
     link = views.anchor(versions[2].id)
     assert f'<a href="#{link}">Arabic (ar)</a>: <b>1266</b>' in page and f'id="{link}"' in page
+    assert "“تأسس عام ١٢٦٦.”" in page  # the sentence the value was read in
     assert "**Sources disagree:**" in views.summary_markdown(record) and "Arabic says 1266" in views.summary_markdown(record)
     agreeing = views.turn_record("Wann?", steps_with("1263", "de", [item(1, *versions[:2])]))
     assert "The versions agree in 2 languages" in views.summary_markdown(agreeing)

@@ -13,12 +13,13 @@ TH = "สำนักงานการแพทย์ตะวันตกก�
 OTHER = "Kublai Khan moved the capital to Dadu. The city had many gates."
 
 
-def _passage(lang, text, doc="Yuan/5"):
-    return Passage(f"xquad/{lang}/{doc}/0", lang, "Yuan dynasty", text, doc, 0, "xquad")
+def _passage(lang, text, doc="Yuan/5", chunk=0):
+    return Passage(f"xquad/{lang}/{doc}/{chunk}", lang, "Yuan dynasty", text, doc, chunk, "xquad")
 
 
 def _item(rank, *members):
-    return Evidence(rank, 1.0 / rank, [Hit(_passage(lang, text, doc), 0.9, rank) for lang, text, doc in members])
+    """An evidence item of (lang, text, doc) or (lang, text, doc, chunk) members."""
+    return Evidence(rank, 1.0 / rank, [Hit(_passage(*m), 0.9, rank) for m in members])
 
 
 def _result(answer, lang, searches, think=""):
@@ -84,7 +85,8 @@ def test_agreement_is_unknown_without_numbers_or_support():
     result = _result("von den Mongolen", "de", [[_item(1, ("de", DE.split(". ")[0] + ".", "Yuan/5"), ("en", EN, "Yuan/5"))]])
     [s] = find_support(result)
     assert agreement(s, result).status == "unknown"
-    assert agreement(None, result).as_dict() == {"status": "unknown", "by_language": {}, "differing": []}
+    assert agreement(None, result).as_dict() == {"status": "unknown", "by_language": {}, "differing": [],
+                                                 "passages": {}, "quotes": {}}
 
 
 def test_the_changed_collection_changes_the_asked_number_in_one_copy_of_each_paragraph(shared_data):
@@ -111,3 +113,32 @@ def test_a_small_count_written_in_words_in_one_version_is_no_disagreement():
     result = _result("118", "de", [[_item(1, *versions)]])
     [s] = find_support(result)
     assert agreement(s, result).status != "disagree"
+
+
+def test_a_version_split_elsewhere_is_read_in_whichever_evidence_item_holds_its_sentence():
+    # Each language cuts the document into passages at its own places: the aligner put the
+    # Vietnamese passage holding the changed year in another item of another search.
+    en = "Lefevre was born about 1455. He published the New Testament in 1523 and the whole Bible in 1530."
+    de = "Lefevre wurde um 1455 geboren. Er veröffentlichte 1523 das Neue Testament und 1530 die ganze Bibel."
+    vi_start = "Lefevre sinh khoảng năm 1455."
+    vi_rest = "Ông xuất bản Tân ước năm 1523 và toàn bộ Kinh thánh năm 1533."
+    local = [_item(1, ("de", de, "Huguenot/2"))]
+    everywhere = [_item(1, ("de", de, "Huguenot/2"), ("en", en, "Huguenot/2"), ("vi", vi_start, "Huguenot/2", 0)),
+                  _item(2, ("vi", vi_rest, "Huguenot/2", 1))]
+    result = _result("1530", "de", [local, everywhere])
+    [s] = find_support(result)
+    found = agreement(s, result)
+    assert found.status == "disagree" and found.differing == ["vi"] and found.by_language["vi"] == "1533"
+    assert found.passages["vi"] == "xquad/vi/Huguenot/2/1" and found.quotes["vi"] == vi_rest
+    assert found.by_language["en"] == "1530" and "1530" in found.quotes["en"]
+
+
+def test_a_number_from_another_part_of_the_document_is_no_disagreement():
+    # The only Vietnamese passage found is the document's first part: its 1455 is not what the
+    # answer's sentence says, and the agreeing English version holds it too.
+    en = "Lefevre was born about 1455. He published the whole Bible in 1530."
+    de = "Er veröffentlichte 1530 die ganze Bibel."
+    result = _result("1530", "de", [[_item(1, ("de", de, "Huguenot/2"), ("en", en, "Huguenot/2"),
+                                              ("vi", "Lefevre sinh khoảng năm 1455.", "Huguenot/2"))]])
+    [s] = find_support(result)
+    assert agreement(s, result).status == "agree"
