@@ -17,7 +17,8 @@ from collections import Counter
 import gradio as gr
 
 from crosearch_agent import prompts
-from crosearch_agent.agent import AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, Step, ThinkStep
+from crosearch_agent.agent import (AnswerStep, ErrorStep, EvidenceStep, LanguageStep, SearchStep, Step, ThinkStep,
+                                   missing_note)
 from crosearch_agent.languages import name as lang_name
 from crosearch_agent.support import Agreement
 
@@ -80,8 +81,12 @@ def step_message(step: Step, note: str = "") -> gr.ChatMessage:
     if isinstance(step, EvidenceStep):
         langs = ", ".join(step.languages) or "no language"
         lines = [evidence_line(item) for item in step.items] or ["No passages found."]
-        return gr.ChatMessage("\n".join(lines), metadata={
-            "title": f"Evidence from search {step.turn}: {len(step.items)} items ({langs})", **done})
+        meta = {"title": f"Evidence from search {step.turn}: {len(step.items)} items ({langs})", **done}
+        if step.missing:  # a retrieval service was down: say which languages the evidence lacks, panel open
+            lines.append(f"\n_{md_text(missing_note(step.missing))}_")
+            meta["title"] += f"; {len(step.missing)} not searched"
+            del meta["status"]
+        return gr.ChatMessage("\n".join(lines), metadata=meta)
     if isinstance(step, AnswerStep):
         if not step.text:
             return gr.ChatMessage("I could not find an answer in the evidence (the model gave none).")
@@ -129,7 +134,7 @@ def step_json(step: Step) -> dict:
     elif isinstance(step, SearchStep):
         out.update(query=step.query, languages=list(step.languages), scope=step.scope, turn=step.turn)
     elif isinstance(step, EvidenceStep):
-        out.update(turn=step.turn, items=[evidence_json(i) for i in step.items])
+        out.update(turn=step.turn, items=[evidence_json(i) for i in step.items], missing=dict(step.missing))
     elif isinstance(step, AnswerStep):
         out.update(text=step.text, lang=step.lang, forced=step.forced, support=[s.as_dict() for s in step.support],
                    agreement=(step.agreement or Agreement()).as_dict())
@@ -191,7 +196,18 @@ def summarize(record: dict) -> dict:
     searches = [s for s in record["steps"] if s["kind"] == "search"]
     return {"passages": len(members), "by_language": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
             "answer_source": source, "answer_found_in": found_in, "searches": len(searches),
-            "scopes": [s["scope"] for s in searches]}
+            "scopes": [s["scope"] for s in searches], "not_searched": not_searched(record)}
+
+
+def not_searched(record: dict) -> dict[str, str]:
+    """Languages the turn meant to search but never could (their retrieval service was down
+    in every search that asked for them), each with why."""
+    missing, searched = {}, set()
+    for search, ev in _search_sections(record):
+        gone = ev.get("missing") or {}
+        missing.update(gone)
+        searched |= {l for l in search["languages"] if l not in gone}
+    return {l: why for l, why in sorted(missing.items()) if l not in searched}
 
 
 def _names(codes) -> str:
@@ -228,6 +244,8 @@ def summary_markdown(record: dict) -> str:
     per_lang = ", ".join(f"{lang_label(l)}: {n}" for l, n in s["by_language"].items())
     out = (f"**{s['passages']} passages** from {len(s['by_language'])} languages in {s['searches']} searches "
            f"({', '.join(s['scopes'])}).  \nPer language: {per_lang}.")
+    if s.get("not_searched"):
+        out += f"  \n_{md_text(missing_note(s['not_searched']))}_"
     if record.get("answer"):
         out += "  \n" + support_markdown(record.get("support", []), record.get("agreement", {}))
     return out
@@ -330,6 +348,8 @@ def evidence_html(record: dict | None) -> str:
         ids = tuple(m["id"] for item in ev["items"] for m in item["members"])
         head = (f'<h4 class="cs-search">Search {search["turn"]} ({html_text(search["scope"])}): '
                 f'“{html_text(search["query"])}” in {html_text(", ".join(search["languages"]))}</h4>')
+        if ev.get("missing"):
+            head += f'<p class="cs-missing">{html_text(missing_note(ev["missing"]))}</p>'
         if ids and ids in shown:
             parts.append(head + f'<p class="cs-same">Same {len(ev["items"])} items as search {shown[ids]}.</p>')
             continue
@@ -393,4 +413,5 @@ EVIDENCE_CSS = """
 .cs-disagree {border: 2px solid #e53935; border-radius: 8px; padding: 6px 12px; margin: 6px 0; background: #ffebee; color: #000;}
 .cs-agree {font-size: 0.9em; color: #2e7d32; margin: 6px 0;}
 .cs-search {margin: 12px 0 4px 0;}
+.cs-missing {font-size: 0.9em; color: #e65100; margin: 2px 0 4px 0;}
 """

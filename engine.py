@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future
 
 from crosearch_agent.agent import Agent, AnswerStep, ErrorStep, LanguageStep, Result, question_problem
-from crosearch_agent.config import BUNDLED_EMBEDDER, Settings
+from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, uses_services
 from crosearch_agent.languages import NAMES, detect
 from crosearch_agent.policy import PolicyError, default_backend
 from crosearch_agent.policy_folders import describe_policy
@@ -178,12 +178,12 @@ class Engine:
         s = self.settings
         t0 = time.perf_counter()
         try:
-            if s.embedder == BUNDLED_EMBEDDER and not s.retriever_url:
+            if s.embedder == BUNDLED_EMBEDDER and not uses_services(s):
                 self._stage("materialising the bundled embedder")
                 from crosearch_agent.bundled import materialise_embedder
 
                 materialise_embedder()
-            if not s.retriever_url:
+            if not uses_services(s):
                 self._stage("loading the embedder")
                 from crosearch_agent.embedder import Embedder
 
@@ -192,7 +192,7 @@ class Engine:
             try:
                 self.retriever(s.collection)
             except StoreError as err:
-                if s.retriever_url:
+                if uses_services(s):
                     raise
                 self._stage(f"building the index '{s.collection}' (first start; about a minute): {err}")
                 from indexes import build

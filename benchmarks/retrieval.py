@@ -11,6 +11,11 @@ Part 2 (real): the `xquad-partial` collection's 12 indexes, searched the way the
 does (top 50 per language): one index after another, or a thread pool over the indexes,
 with 1 or 2 faiss OpenMP threads; and a batch of 64 queries as one faiss call per index vs
 one query at a time.
+
+Part 3 (spread): one question (real text, embedded) searched over the collection's 12
+languages: in-process, through one retrieval service holding every language, and through
+three services holding 4 languages each (`SpreadRetriever`, fusion on the client), each
+service its own process on loopback; then the three with one of them stopped.
 """
 from __future__ import annotations
 
@@ -218,6 +223,139 @@ def real_collection(collection: str = "xquad-partial", n_queries: int = BATCH, d
     return out
 
 
+# ---------------------------------------------------------------- languages spread over services
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spread_services(collection: str = "xquad-partial", n_queries: int = 24, n_down: int = 12, groups: int = 3,
+                    k: int = 5, log_dir: Path | None = None) -> dict:
+    """Median / p95 ms of one global search (the question's language first, then every other,
+    k items, the query embedded by whoever searches): in-process, one service with every
+    language, `groups` services with a share each; then the spread with one service stopped,
+    against in-process on fresh questions (the services remember the queries they embedded).
+    Also whether the evidence matched in-process, and the bytes of the services' answers."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    from benchmarks.common import sample_questions
+    from crosearch_agent.config import REPO_ROOT, Settings
+    from crosearch_agent.remote import RemoteRetriever, RetrievalServiceError
+    from crosearch_agent.retriever import load_retriever
+    from crosearch_agent.spread import SpreadRetriever
+
+    local = load_retriever(Settings(collection=collection), verify=False)
+    langs = local.languages
+    shares = [langs[i::groups] for i in range(groups)]
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="spread-bench-"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    procs = []
+
+    def start(languages) -> tuple[subprocess.Popen, str]:
+        port = _free_port()
+        cmd = [sys.executable, "-m", "crosearch_agent.serve_retrieval", "--collection", collection, "--port", str(port)]
+        cmd += ["--languages", ",".join(languages)] if languages else []
+        log = open(log_dir / f"service-{port}.log", "w")
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append((proc, log))
+        return proc, f"http://127.0.0.1:{port}"
+
+    def wait_until_up(proc, url: str, deadline: float) -> None:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the retrieval service for {url} exited (code {proc.returncode}); see {log_dir}")
+            try:
+                httpx.get(url + "/health", timeout=2, trust_env=False).raise_for_status()
+                return
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the retrieval service at {url} did not come up; see {log_dir}") from None
+                time.sleep(0.5)
+
+    def wide(lang: str) -> list[str]:
+        return [lang] + [l for l in langs if l != lang]
+
+    try:
+        whole = start(None)
+        parts = [start(share) for share in shares]
+        deadline = time.monotonic() + 600
+        for proc, url in [whole] + parts:
+            wait_until_up(proc, url, deadline)
+        one = RemoteRetriever(whole[1])
+        spread = SpreadRetriever({url: share for (_, url), share in zip(parts, shares)}, rrf_k=local.rrf_k,
+                                 align_threshold=local.align_threshold, score_weight=local.score_weight,
+                                 log=lambda *_: None)
+        modes = {"in-process": lambda q, l: local.search(q, wide(l), k, l),
+                 "1 service (12 languages)": lambda q, l: one.search(q, wide(l), k, l),
+                 f"{groups} services ({len(langs) // groups} languages each)": lambda q, l: spread.search(q, wide(l), k, l)}
+        questions = sample_questions(3 + n_queries + n_down, "dev")
+        warm, timed_qs, down_qs = questions[:3], questions[3:3 + n_queries], questions[3 + n_queries:]
+        for q, l in warm:
+            for fn in modes.values():
+                fn(q, l)
+        per_mode = {m: [] for m in modes}
+        same = {m: 0 for m in modes}
+        for q, l in timed_qs:  # interleaved: every mode sees the same load on the machine
+            want = None
+            for name, fn in modes.items():
+                dt, got = timed(fn, q, l)
+                per_mode[name].append(dt)
+                want = got if want is None else want
+                same[name] += [e.passage_ids for e in got] == [e.passage_ids for e in want] and all(
+                    abs(a.score - b.score) <= 1e-6 * max(1.0, abs(b.score)) for a, b in zip(got, want))
+        # The part of the in-process time that is embedding the question (the cache bypassed):
+        # each service of the spread does this too, for the same question, at the same time.
+        encode = [timed(local.embedder._encode, [q], "query", False)[0] for q, _ in timed_qs]
+        body = {"queries": [timed_qs[0][0]], "depth": max(k, local.depth), "vectors": True}
+        wire = sum(len(httpx.post(url + "/hits", json={**body, "languages": share}, timeout=60, trust_env=False).content)
+                   for (_, url), share in zip(parts, shares))
+        # One service stopped: its languages are skipped, the others answer.
+        stopped_proc, stopped_url = parts[0]
+        stopped_proc.terminate()
+        stopped_proc.wait(timeout=30)
+        down = {"in-process": [], "one stopped": []}
+        missing = set()
+        for q, l in down_qs:
+            down["in-process"].append(timed(modes["in-process"], q, l)[0])
+            dt, got = timed(spread.search, q, wide(l), k, l)
+            down["one stopped"].append(dt)
+            missing |= set(got.missing)
+    except (RetrievalServiceError, OSError) as err:
+        raise RuntimeError(f"the services did not run: {err}") from err
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            log.close()
+    base = stats(per_mode["in-process"])["median"]
+    out = {"collection": collection, "languages": len(langs), "services": groups, "shares": shares, "k": k,
+           "queries": len(timed_qs), "wire_kb_per_query": wire / 1024, "encode_ms": stats(encode)["median"] * 1000,
+           "modes": {}}
+    for name, times in per_mode.items():
+        st = stats(times)
+        out["modes"][name] = {"median_ms": st["median"] * 1000, "p95_ms": st["p95"] * 1000,
+                              "vs_in_process": ratio(st["median"], base), "same_evidence": same[name]}
+    down_base = stats(down["in-process"])["median"]
+    st = stats(down["one stopped"])
+    out["one_stopped"] = {"queries": len(down_qs), "stopped": stopped_url, "missing": sorted(missing),
+                          "in_process_median_ms": down_base * 1000, "median_ms": st["median"] * 1000,
+                          "p95_ms": st["p95"] * 1000, "vs_in_process": ratio(st["median"], down_base)}
+    return out
+
+
 # ---------------------------------------------------------------- the benchmark
 
 def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
@@ -281,7 +419,30 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
             [[name, m["median_ms"], m["p95_ms"], fmt_ratio(m["speed_vs_sequential_1"])] for name, m in real["modes"].items()]
             + [["batch of 64: one faiss call per index (per query)", real["batched_per_query_ms"], None,
                 fmt_ratio(real["batched_speedup"])]]))
-    result.metrics = {"synthetic": {str(n): v for n, v in synth.items()}, "omp_threads": omp, "real_collection": real}
+    try:
+        spread = spread_services(n_queries=12 if quick else 48, n_down=6 if quick else 24)
+    except Exception as err:  # no built index, or the services could not start: say so, keep the rest
+        spread = None
+        result.notes.append(f"spread services part not available: {type(err).__name__}: {err}")
+    if spread:
+        rows = [[name, m["median_ms"], m["p95_ms"], fmt_ratio(m["vs_in_process"]), f"{m['same_evidence']}/{spread['queries']}"]
+                for name, m in spread["modes"].items()]
+        down = spread["one_stopped"]
+        rows.append([f"{spread['services']} services, one stopped ({', '.join(down['missing'])} skipped)", down["median_ms"],
+                     down["p95_ms"], fmt_ratio(down["vs_in_process"]), "-"])
+        result.tables.append(Table(
+            f"One question over {spread['collection']}'s {spread['languages']} languages (global search, k={spread['k']}, "
+            f"query embedded by the searcher): in-process vs retrieval services on loopback, one process each",
+            ["mode", "median ms/query", "p95 ms/query", "time vs in-process", "same evidence as in-process"], rows))
+        result.notes.append(f"Spread over {spread['services']} services, one query's answers (raw hits with their "
+                            f"float32 vectors) weigh {spread['wire_kb_per_query']:.0f} KB in all. Embedding the question "
+                            f"is {spread['encode_ms']:.0f} ms of the in-process "
+                            f"{spread['modes']['in-process']['median_ms']:.0f} ms, and every service embeds it itself: "
+                            f"here {spread['services']} services and the client share 2 cores, so the spread's time "
+                            "ratio is mostly that work done 3 times on the same cores, not what separate machines "
+                            "(each embedding in parallel) would show.")
+    result.metrics = {"synthetic": {str(n): v for n, v in synth.items()}, "omp_threads": omp, "real_collection": real,
+                      "spread_services": spread}
 
     # Findings, in words.
     big = synth[max(synth)] if synth else None
@@ -308,6 +469,11 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
         if par and par > 1.2:
             result.notes.append("The retriever searches the language indexes one after another; a thread pool "
                                 f"over them was {fmt_ratio(par)} faster here.")
+    if spread:
+        name = next(n for n in spread["modes"] if n.startswith(f"{spread['services']} services"))
+        parts.append(f"12 languages on {spread['services']} services {fmt_ratio(spread['modes'][name]['vs_in_process'])} "
+                     f"the in-process time (1 service {fmt_ratio(spread['modes']['1 service (12 languages)']['vs_in_process'])}), "
+                     f"same evidence {spread['modes'][name]['same_evidence']}/{spread['queries']}")
     if omp["speedup_2_threads"] and omp["speedup_2_threads"] < 1:
         result.notes.append("2 faiss OpenMP threads were slower than 1 on this shared machine "
                             f"({fmt_ratio(omp['speedup_2_threads'])}); keep 1.")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from crosearch_agent import prompts
-from crosearch_agent.evidence import Evidence, Searcher
+from crosearch_agent.evidence import Evidence, Searcher, not_searched
 from crosearch_agent.languages import NAMES as lang_names, detect, name as lang_name
 from crosearch_agent.policy import Generation, PolicyError, Sampling
 
@@ -83,6 +83,7 @@ class SearchStep(Step):
 class EvidenceStep(Step):
     items: list[Evidence] = field(default_factory=list)
     turn: int = 0
+    missing: dict[str, str] = field(default_factory=dict)  # language -> why it was not searched (its service was down)
 
     @property
     def languages(self) -> list[str]:
@@ -295,7 +296,8 @@ class Trajectory:
                 items = agent.retriever.search(query, langs, agent.settings.k, query_lang=self.lang)
         except Exception as err:  # a broken index must not take the conversation down
             return self.fail(f"Search failed: {err}")
-        self.emit(EvidenceStep("evidence", duration_s=time.perf_counter() - t, items=items, turn=self.turn))
+        self.emit(EvidenceStep("evidence", duration_s=time.perf_counter() - t, items=items, turn=self.turn,
+                               missing=not_searched(items)))
         turn = (f"{prompts.THINK_OPEN}{think}{prompts.THINK_CLOSE}\n"
                 f"{prompts.SEARCH_OPEN}{prompts.escape_document(query)}{prompts.SEARCH_CLOSE}\n")
         information = prompts.render_information(items, self.lang)
@@ -461,6 +463,15 @@ class Agent:
         return [tr.result() for tr in trs]
 
 
+def missing_note(missing: dict[str, str]) -> str:
+    """The languages a search could not reach, by why: "Not searched (service unreachable):
+    Arabic, Hindi, Thai." ("" when none)."""
+    by_reason: dict[str, list[str]] = {}
+    for lang, reason in missing.items():
+        by_reason.setdefault(reason, []).append(lang_name(lang))
+    return " ".join(f"Not searched ({reason}): {', '.join(names)}." for reason, names in by_reason.items())
+
+
 def describe(step: Step) -> str:
     """One line per step, for terminals and logs."""
     if isinstance(step, LanguageStep):
@@ -475,6 +486,8 @@ def describe(step: Step) -> str:
         for item in step.items:
             langs = "+".join(item.languages)
             lines.append(f"   {item.rank}. [{langs}] {item.title}: {item.text[:100]}…")
+        if step.missing:
+            lines.append(f"   {missing_note(step.missing)}")
         return "\n".join(lines)
     if isinstance(step, AnswerStep):
         return f"[answer{' (forced)' if step.forced else ''}] {step.text}"

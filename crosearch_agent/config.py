@@ -56,6 +56,23 @@ def language_codes(text: str) -> list[str]:
     return codes
 
 
+def service_map(text: str) -> str:
+    """One `--retriever-urls` argument, checked now (a usage error names what is wrong) and
+    kept as written; `spread.parse_services` reads it."""
+    from crosearch_agent.spread import parse_services
+
+    try:
+        parse_services(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def uses_services(settings) -> bool:
+    """Whether `settings` search through retrieval services (no index or embedder loaded here)."""
+    return bool(getattr(settings, "retriever_url", None) or getattr(settings, "retriever_urls", None))
+
+
 class LanguageList(argparse.Action):
     """`--languages de,zh ar` -> ["de", "zh", "ar"] (each argument parsed by `language_codes`)."""
 
@@ -162,6 +179,7 @@ class Settings:
     data_dir: str | None = option(None, "folder with local copies of the data sets (else CROSEARCH_DATA_DIR, ../shared/data, then the hub)")
     seed: int = option(0, "random seed")
     retriever_url: str | None = option(None, "use a running retrieval service (python -m crosearch_agent.serve_retrieval) instead of loading indexes, e.g. http://127.0.0.1:8100")
+    retriever_urls: str | None = option(None, "languages spread over several retrieval services, each started with --languages: 'de,en,zh=http://a:8100;ar,hi,th=http://b:8100' (entries separated by ';' or spaces). The services are searched in parallel and the evidence fused here (with this process's --rrf-k, --align-threshold, --score-weight), exactly as in-process; a service that is down costs only its languages, which the evidence names", type=service_map)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, only: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from crosearch_agent import qa_data
-from crosearch_agent.config import REPO_ROOT, Settings, data_home
+from crosearch_agent.config import REPO_ROOT, Settings, data_home, uses_services
 from crosearch_agent.policy_folders import settings_from_command_line
 from crosearch_agent.store import StoreError, collection_dir, load_collection
 
@@ -35,8 +35,8 @@ KS = (1, 5, 10)
 
 def ensure_index(settings: Settings) -> None:
     """Build the collection's index when it is missing or stale (progress shows in the terminal)."""
-    if getattr(settings, "retriever_url", None):
-        return  # a retrieval service holds the indexes
+    if uses_services(settings):
+        return  # retrieval services hold the indexes
     try:
         manifest = load_collection(collection_dir(settings.collection), verify=False).manifest
         if manifest["embedder"]["id"] == settings.embedder:
@@ -93,7 +93,7 @@ def summarise(rows: list[dict], score_fn) -> dict:
 def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k: int = max(KS)) -> tuple[dict, list]:
     from crosearch_agent.retriever import load_retriever
 
-    settings = dataclasses.replace(settings, retriever_url=None)  # needs the embedder and raw vectors: local
+    settings = dataclasses.replace(settings, retriever_url=None, retriever_urls=None)  # needs the embedder and raw vectors: local
     ensure_index(settings)
     retriever = load_retriever(dataclasses.replace(settings, languages=None))
     langs = [l for l in (settings.languages or retriever.languages) if l in retriever.languages]

@@ -55,6 +55,21 @@ class Evidence:
         return self.members[0].passage.text
 
 
+class EvidenceList(list):
+    """A search's evidence items (a list of `Evidence`, equal to a plain list of the same
+    items), and the languages that could not be searched, each with why (e.g. "service
+    unreachable"): a retrieval service that is down costs only its languages."""
+
+    def __init__(self, items=(), missing: dict[str, str] | None = None):
+        super().__init__(items)
+        self.missing = dict(missing or {})
+
+
+def not_searched(items) -> dict[str, str]:
+    """Language -> why it was not searched, for any searcher's result (a plain list: none)."""
+    return dict(getattr(items, "missing", None) or {})
+
+
 @runtime_checkable
 class Searcher(Protocol):
     """What the agent needs of a retriever (the eval's oracle answers `search` alone: its

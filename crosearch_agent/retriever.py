@@ -11,8 +11,15 @@ fact found in three languages collects three votes.
 Callers decide the turn strategy: the agent searches the query language first (local),
 then the others (global expansion); the retrieval evaluation's `aligned` method searches
 all of them in one call.
+
+Searching (`Retriever.language_hits`: each language's top hits and their stored vectors) and
+fusing (`fuse`: alignment and rank fusion over such hits) are separate steps, so that hits
+found elsewhere fuse the same way: `spread.SpreadRetriever` gathers them from retrieval
+services that each hold some of the languages.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,11 +79,53 @@ def align(langs: list[str], vectors: np.ndarray, threshold: float) -> list[list[
 
 
 STATS_DEPTH = 50  # hits per language used to standardise its scores
+DEPTH = 10        # hits per language that take part in alignment and fusion (at least k)
+
+
+@dataclass
+class LanguageHits:
+    """One language's top hits for one query, with each hit's stored passage vector (what
+    alignment compares). The unit fusion works on, wherever the hits were found: this
+    process's indexes, or retrieval services that each hold some of the languages."""
+    lang: str
+    hits: list[Hit]
+    vectors: np.ndarray | None = None  # [len(hits), dim] float32; None where only pooled (concat)
+
+
+def vote(hit: Hit, rrf_k: int, score_weight: float) -> float:
+    """One member's contribution to its item's fused score (weighted RRF)."""
+    return float(np.exp(score_weight * hit.z)) / (rrf_k + hit.rank)
+
+
+def fuse(found: list[LanguageHits], k: int, query_lang: str | None, *, rrf_k: int, align_threshold: float,
+         score_weight: float) -> list[Evidence]:
+    """Aligned, rank-fused evidence from every language's hits, taken in the order given
+    (the order of the languages searched: alignment breaks ties by it)."""
+    found = [f for f in found if f.hits]
+    if not found:
+        return []
+    hits = [h for f in found for h in f.hits]
+    vecs = np.concatenate([f.vectors for f in found]).astype(np.float32, copy=False)
+    items = []
+    for group in align([h.passage.lang for h in hits], vecs, align_threshold):
+        members = sorted((hits[i] for i in group), key=lambda h: (h.passage.lang != query_lang, h.rank, -h.score))
+        items.append(Evidence(0, sum(vote(h, rrf_k, score_weight) for h in members), members))
+    # Ties (e.g. several rank-1 singletons) go to the query language, then higher cosine.
+    items.sort(key=lambda e: (-e.score, e.lang != query_lang, -max(h.score for h in e.members)))
+    for r, item in enumerate(items[:k], 1):
+        item.rank = r
+    return items[:k]
+
+
+def pool(found: list[LanguageHits], k: int) -> list[Evidence]:
+    """The vanilla multilingual baseline: every language's hits merged by raw cosine, top k."""
+    hits = sorted((h for f in found for h in f.hits), key=lambda h: -h.score)[:k]
+    return [Evidence(r, h.score, [h]) for r, h in enumerate(hits, 1)]
 
 
 class Retriever:
     def __init__(self, collection: Collection, embedder, rrf_k: int = 60, align_threshold: float = 0.75,
-                 score_weight: float = 2.0, depth: int = 10):
+                 score_weight: float = 2.0, depth: int = DEPTH):
         self.collection, self.embedder = collection, embedder
         self.rrf_k, self.align_threshold, self.score_weight, self.depth = rrf_k, align_threshold, score_weight, depth
 
@@ -103,6 +152,24 @@ class Retriever:
             raise ValueError(f"no index for language(s) {unknown}; this collection has {self.languages}")
         return languages
 
+    def language_hits(self, qvecs: np.ndarray, languages=None, depth: int = DEPTH,
+                      vectors: bool = True) -> list[list[LanguageHits]]:
+        """Per query, each language's top `depth` hits (with their stored vectors unless
+        `vectors` is False), in the order of `languages`: what `fuse` and `pool` combine, and
+        what a retrieval service holding some of the languages sends back."""
+        languages = self._check(languages)
+        per_lang = {lang: self._hits(qvecs, lang, depth) for lang in languages}
+
+        def stored(lang: str, pairs) -> np.ndarray | None:
+            if not vectors:
+                return None
+            if not pairs:
+                return np.zeros((0, self.collection.indexes[lang].d), dtype=np.float32)
+            return np.stack([self.collection.vector(lang, pos) for _, pos in pairs])
+
+        return [[LanguageHits(lang, [h for h, _ in per_lang[lang][q]], stored(lang, per_lang[lang][q]))
+                 for lang in languages] for q in range(len(qvecs))]
+
     def search(self, query: str, languages=None, k: int = 5, query_lang: str | None = None) -> list[Evidence]:
         """Aligned, rank-fused evidence for one query over `languages` (default: all)."""
         qvec = self.embedder.encode_queries([query], progress=False)
@@ -111,33 +178,16 @@ class Retriever:
     def search_vectors(self, qvecs: np.ndarray, languages=None, k: int = 5,
                        query_lang: str | None = None) -> list[list[Evidence]]:
         """`search` for a batch of already-encoded queries (one FAISS call per language)."""
-        languages = self._check(languages)
-        depth = max(k, self.depth)
-        per_lang = {lang: self._hits(qvecs, lang, depth) for lang in languages}
-        results = []
-        for q in range(len(qvecs)):
-            cands = [hp for lang in languages for hp in per_lang[lang][q]]
-            results.append(self._fuse(cands, k, query_lang))
-        return results
+        return [self.fuse(found, k, query_lang) for found in self.language_hits(qvecs, languages, max(k, self.depth))]
+
+    def fuse(self, found: list[LanguageHits], k: int, query_lang: str | None) -> list[Evidence]:
+        """`fuse` with this retriever's settings."""
+        return fuse(found, k, query_lang, rrf_k=self.rrf_k, align_threshold=self.align_threshold,
+                    score_weight=self.score_weight)
 
     def vote(self, hit: Hit) -> float:
         """One member's contribution to its item's fused score (weighted RRF)."""
-        return float(np.exp(self.score_weight * hit.z)) / (self.rrf_k + hit.rank)
-
-    def _fuse(self, cands: list[tuple[Hit, int]], k: int, query_lang: str | None) -> list[Evidence]:
-        if not cands:
-            return []
-        langs = [h.passage.lang for h, _ in cands]
-        vecs = np.stack([self.collection.vector(h.passage.lang, pos) for h, pos in cands])
-        items = []
-        for group in align(langs, vecs, self.align_threshold):
-            hits = sorted((cands[i][0] for i in group), key=lambda h: (h.passage.lang != query_lang, h.rank, -h.score))
-            items.append(Evidence(0, sum(self.vote(h) for h in hits), hits))
-        # Ties (e.g. several rank-1 singletons) go to the query language, then higher cosine.
-        items.sort(key=lambda e: (-e.score, e.lang != query_lang, -max(h.score for h in e.members)))
-        for r, item in enumerate(items[:k], 1):
-            item.rank = r
-        return items[:k]
+        return vote(hit, self.rrf_k, self.score_weight)
 
     # -------------------------------------------------------------- baselines
 
@@ -151,21 +201,23 @@ class Retriever:
 
     def concat_vectors(self, qvecs: np.ndarray, languages=None, k: int = 5) -> list[list[Evidence]]:
         """The vanilla multilingual baseline: top k of every index, merged by raw cosine."""
-        languages = self._check(languages)
-        per_lang = {lang: self._hits(qvecs, lang, k) for lang in languages}
-        results = []
-        for q in range(len(qvecs)):
-            hits = sorted((h for lang in languages for h, _ in per_lang[lang][q]), key=lambda h: -h.score)[:k]
-            results.append([Evidence(r, h.score, [h]) for r, h in enumerate(hits, 1)])
-        return results
+        return [pool(found, k) for found in self.language_hits(qvecs, languages, k, vectors=False)]
 
 
 def load_retriever(settings, embedder=None, verify: bool = True) -> Retriever:
     """The retriever for `settings.collection`, loading the embedder unless one is given.
 
     With `settings.retriever_url`, a client of that running retrieval service instead
-    (same search interface, nothing loaded here).
+    (same search interface, nothing loaded here); with `settings.retriever_urls`, a client of
+    several services that each hold some of the languages (`spread.SpreadRetriever`).
     """
+    if getattr(settings, "retriever_url", None) and getattr(settings, "retriever_urls", None):
+        raise ValueError("give --retriever-url (one service) or --retriever-urls (languages spread over several), not both")
+    if getattr(settings, "retriever_urls", None):
+        from crosearch_agent.spread import SpreadRetriever, parse_services
+
+        return SpreadRetriever(parse_services(settings.retriever_urls), settings.languages, rrf_k=settings.rrf_k,
+                               align_threshold=settings.align_threshold, score_weight=settings.score_weight)
     if getattr(settings, "retriever_url", None):
         from crosearch_agent.remote import RemoteRetriever
 

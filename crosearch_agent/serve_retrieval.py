@@ -2,9 +2,14 @@
 
 One process loads the collection's indexes and the embedder once; any number of agents,
 rollout workers or evaluations then search it through `RemoteRetriever` (`--retriever-url`).
+With `--languages` it holds only some of the collection's languages: several such services
+(on several machines) serve one collection through `SpreadRetriever` (`--retriever-urls`),
+which fetches each service's raw hits (`/hits`) and fuses them itself.
 
   POST /search        {query, languages?, k?, query_lang?, mode?: "aligned" | "concat"} -> {evidence}
   POST /search_batch  {queries: [...], languages?, k?, query_lang?, mode?} -> {results: [evidence, ...]}
+  POST /hits          {queries: [...], languages?, depth?, vectors?: true} -> {results: [[language hits, ...], ...]}
+                      each language's top `depth` hits and their stored vectors, unfused
   GET  /health        the loaded manifest: collection, embedder, dimension, languages and passage counts
   GET  /doc_ids/{lang} the source keys one language's index holds (the evaluation's local/cross split)
 
@@ -20,7 +25,7 @@ import sys
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from crosearch_agent.config import Settings
 
@@ -49,6 +54,14 @@ class BatchRequest(Options):
     queries: list[StrictStr] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+class HitsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[StrictStr] = Field(min_length=1, max_length=MAX_BATCH)
+    languages: list[StrictStr] | None = Field(None, max_length=MAX_LANGUAGES)
+    depth: StrictInt | None = None
+    vectors: StrictBool = True
+
+
 class BadRequest(ValueError):
     """A request the service refuses, with the one line the caller sees."""
 
@@ -72,7 +85,8 @@ def check_query(query: str, what: str = "query") -> str:
     return query
 
 
-def check_options(languages, k, query_lang, served: list[str], default_k: int) -> tuple[list[str], int]:
+def check_options(languages, k, query_lang, served: list[str], default_k: int,
+                  k_name: str = "k") -> tuple[list[str], int]:
     languages = list(served) if languages is None else list(languages)
     if not languages:
         raise BadRequest(f"languages is empty; leave it out to search every language ({', '.join(served)})")
@@ -84,7 +98,7 @@ def check_options(languages, k, query_lang, served: list[str], default_k: int) -
         raise BadRequest(f"query_lang {_show(query_lang)} is not one of this service's languages ({', '.join(served)})")
     k = default_k if k is None else k
     if not 1 <= k <= MAX_K:
-        raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
+        raise BadRequest(f"{k_name} must be between 1 and {MAX_K}, got {k}")
     return languages, k
 
 
@@ -95,7 +109,7 @@ def create_app(retriever, collection: str | None = None, default_k: int = 5):
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    from crosearch_agent.remote import evidence_to_json
+    from crosearch_agent.remote import evidence_to_json, hits_to_json
 
     served = list(retriever.languages)
     manifest = retriever.collection.manifest
@@ -174,6 +188,17 @@ def create_app(retriever, collection: str | None = None, default_k: int = 5):
         queries = [check_query(q, f"queries[{i}]") for i, q in enumerate(req.queries)]
         results, took = run(queries, req)
         return {"results": results, "took_ms": round(took, 2)}
+
+    @app.post("/hits")
+    def hits(req: HitsRequest):
+        queries = [check_query(q, f"queries[{i}]") for i, q in enumerate(req.queries)]
+        languages, depth = check_options(req.languages, req.depth, None, served, max(default_k, retriever.depth), "depth")
+        t = time.perf_counter()
+        qvecs = retriever.embedder.encode_queries(queries, progress=False)
+        found = retriever.language_hits(qvecs, languages, depth, req.vectors)
+        # Straight to JSON: FastAPI's encoder would walk every hit of every language again.
+        return JSONResponse({"results": [hits_to_json(f) for f in found],
+                             "took_ms": round((time.perf_counter() - t) * 1000, 2)})
 
     @app.get("/health")
     def get_health():

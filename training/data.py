@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crosearch_agent import qa_data
+from crosearch_agent.config import uses_services
+from crosearch_agent.evidence import EvidenceList, not_searched
 from crosearch_agent.languages import XQUAD_LANGS
 
 if TYPE_CHECKING:
@@ -149,7 +151,7 @@ class TrainOnlyRetriever:
         kept = [e for e in items if not any(heldout_passage(h.passage) for h in e.members)][:k]
         for rank, item in enumerate(kept, 1):
             item.rank = rank
-        return kept
+        return EvidenceList(kept, not_searched(items))  # languages a retrieval service could not search stay named
 
 
 # ---------------------------------------------------------------- multilingual groups
@@ -188,7 +190,7 @@ def make_agent_factory(cfg: TrainConfig):
     def agent_for(collection: str):
         if collection not in agents:
             settings = agent_settings(cfg, collection)
-            if not embedder and not getattr(settings, "retriever_url", None):
+            if not embedder and not uses_services(settings):
                 embedder.append(Embedder(cfg.agent.embedder))
             try:
                 retriever = load_retriever(settings, embedder[0] if embedder else None)
