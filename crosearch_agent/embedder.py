@@ -16,6 +16,10 @@ import numpy as np
 from crosearch_agent.config import BUNDLED_EMBEDDER
 
 PROGRESS_MIN = 256  # show a progress bar when encoding at least this many texts
+# Passages are encoded in batches of similar length holding about this many tokens (padding
+# included): short passages go many at a time, long ones few, so no batch pads short texts to
+# a long one's length and every batch costs about the same.
+TOKEN_BUDGET = 2048
 QUERY_CACHE = 20_000  # query vectors remembered (1.5 KB each for e5-small)
 
 
@@ -76,5 +80,51 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([known[t] for t in texts])
 
-    def encode_passages(self, texts, progress: bool | None = None) -> np.ndarray:
-        return self._encode(texts, "passage", progress)
+    def encode_passages(self, texts, progress: bool | None = None, token_budget: int | None = TOKEN_BUDGET) -> np.ndarray:
+        """Passage vectors, in the order of `texts`: in length-sorted batches of about
+        `token_budget` tokens, or (None) in batches of `batch_size` texts."""
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        if token_budget is None or len(texts) <= 1:
+            return self._encode(texts, "passage", progress)
+        batches = length_sorted_batches(self.token_lengths(texts), token_budget)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        show = len(texts) >= PROGRESS_MIN if progress is None else progress
+        bar = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(texts), desc="embedding", unit="passage")
+        for batch in batches:
+            prefixed = [self.prompts["passage"] + texts[i] for i in batch]
+            with self._lock:
+                vecs = self.model.encode(prefixed, batch_size=len(batch), normalize_embeddings=True,
+                                         convert_to_numpy=True, show_progress_bar=False)
+            out[batch] = vecs
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        return out
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Each passage's length in the model's tokens (prefix included, cut at its maximum)."""
+        limit = self.model.get_max_seq_length() or 512
+        ids = self.model.tokenizer([self.prompts["passage"] + t for t in texts], add_special_tokens=True,
+                                   truncation=True, max_length=limit)["input_ids"]
+        return [len(x) for x in ids]
+
+
+def length_sorted_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indexes grouped into batches of similar length whose padded size (longest x count) stays
+    within `token_budget` (a single longer text is a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches, current = [], []
+    for i in order:
+        # sorted longest first: the batch's first text sets its padded length
+        if current and lengths[current[0]] * (len(current) + 1) > token_budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

@@ -16,6 +16,7 @@ from crosearch_agent import store
 from crosearch_agent.config import Settings
 from crosearch_agent.qa_data import DataNotFound
 from indexes.corpora import load_collection_passages
+from indexes.ingest import CHUNK_PASSAGES, ingest
 
 
 def inputs_hash(passages: dict, embedder_id: str, index_type: str) -> str:
@@ -28,9 +29,14 @@ def inputs_hash(passages: dict, embedder_id: str, index_type: str) -> str:
 
 
 def build(collection: str, languages=None, embedder: str | None = None, index_type: str = "flat",
-          data_dir=None, home: Path | None = None, force: bool = False, log=print) -> Path:
-    """Build (or find up to date) the indexes of `collection`; returns its folder."""
+          data_dir=None, home: Path | None = None, force: bool = False, log=print,
+          chunk_passages: int = CHUNK_PASSAGES) -> Path:
+    """Build (or find up to date) the indexes of `collection`; returns its folder. A file of
+    your own (`jsonl:PATH`) is ingested as a stream (indexes.ingest)."""
     embedder = embedder or Settings.embedder
+    if collection.startswith("jsonl:") and "+" not in collection:
+        return ingest(collection, languages, embedder_id=embedder, index_type=index_type, home=home, force=force, log=log,
+                      chunk_passages=chunk_passages)
     dest = store.collection_dir(collection, home)
     passages = load_collection_passages(collection, languages, data_dir)
     if not passages:
@@ -71,9 +77,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m indexes.build", description=__doc__.splitlines()[0])
     Settings.add_arguments(parser, only=["collection", "languages", "embedder", "index_type", "data_dir"])
     parser.add_argument("--force", action="store_true", help="rebuild even when the index is up to date")
+    parser.add_argument("--chunk-passages", type=int, default=CHUNK_PASSAGES,
+                        help="jsonl:PATH: passages embedded and written at a time, what the build holds in memory "
+                             "(default: %(default)s)")
+    parser.add_argument("--add", metavar="PATH", default=None,
+                        help="add the documents of another JSONL file to the jsonl:PATH collection (only new ones are embedded)")
     args = parser.parse_args(argv)
     try:
-        build(args.collection, args.languages, args.embedder, args.index_type, args.data_dir, force=args.force)
+        if args.add:
+            if not args.collection.startswith("jsonl:") or "+" in args.collection:
+                raise ValueError("--add adds to a collection of your own documents: --collection jsonl:PATH")
+            ingest(args.collection, args.languages, embedder_id=args.embedder, index_type=args.index_type, add=args.add,
+                   chunk_passages=args.chunk_passages)
+        else:
+            build(args.collection, args.languages, args.embedder, args.index_type, args.data_dir, force=args.force,
+                  chunk_passages=args.chunk_passages)
     except (ValueError, store.StoreError, DataNotFound, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
