@@ -132,7 +132,8 @@ def build_ui(engine: Engine, examples: list[tuple[str, str]] | None = None):
                 evidence = gr.HTML(views.evidence_html(None), elem_id="cs-evidence")
         with gr.Accordion("Settings", open=False):
             with gr.Row():
-                collection = gr.Dropdown(collections, value=s.collection, label="Collection", allow_custom_value=True)
+                collection = gr.Dropdown(collections, value=s.collection, label="Collection", allow_custom_value=True,
+                                         elem_id="cs-collection")
                 k = gr.Slider(1, 10, value=s.k, step=1, label="Top-k evidence per search")
                 max_turns = gr.Slider(1, 6, value=s.max_turns, step=1, label="Max search turns")
                 temperature = gr.Slider(0.0, 1.5, value=s.temperature, step=0.1, label="Temperature")

@@ -38,12 +38,13 @@ def dev_questions(langs, n=1) -> dict[str, list[str]]:
 
 
 @contextlib.contextmanager
-def running_app(flags: list[str], log_path: Path, ready_s: float = 300):
-    """Start the app (after building the index it serves), yield its URL once it says it is
-    ready, stop it afterwards."""
+def running_app(flags: list[str], log_path: Path, ready_s: float = 300, collections=("xquad-partial",)):
+    """Start the app (after building the indexes it offers: the first is the one it serves),
+    yield its URL once it says it is ready, stop it afterwards."""
     from indexes import build
 
-    build.build("xquad-partial", log=lambda *_: None)  # skipped when up to date
+    for collection in collections:
+        build.build(collection, log=lambda *_: None)  # skipped when up to date
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Short turns keep a question to seconds on 2 CPU cores; the protocol is the same.
-APP_FLAGS = ["--backend", "transformers", "--few-shot", "1", "--max-new-tokens", "32", "--max-turns", "2"]
+# The default (shipped) policy with the agent options it was trained with, on the transformers
+# backend (vLLM's CPU engine takes minutes to start).
+APP_FLAGS = ["--backend", "transformers"]
 READY_S, ANSWER_S = 300, 300
 RAW_TAGS = re.compile(r"</?\s*(think|search|answer|information)\s*>", re.IGNORECASE)
 
@@ -35,7 +36,7 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def app_url(shared_data, artifacts):
     """The app on a random free port, started after the index is built, ready to answer."""
-    with running_app(APP_FLAGS, artifacts / "app_test.log", READY_S) as url:
+    with running_app(APP_FLAGS, artifacts / "app_test.log", READY_S, ("xquad-partial", "xquad-changed")) as url:
         yield url
 
 
@@ -112,6 +113,94 @@ def test_german_and_chinese_questions_stream_steps_and_show_evidence_from_severa
     page.screenshot(path=str(artifacts / "app_de_zh.png"), full_page=True)
     (artifacts / "app_timings.json").write_text(json.dumps(timings, ensure_ascii=False, indent=1))
     print("timings:", timings)
+
+
+def cross_questions(langs, n: int) -> list[tuple[str, str]]:
+    """(lang, question): dev questions asking for a number (which the support finds in any
+    script) whose paragraph xquad-partial indexes only in other languages, alternating
+    between `langs`."""
+    from crosearch_agent import qa_data
+
+    by_lang = [[(lang, q.question) for q in qa_data.xquad_questions([lang], "dev")
+                if not qa_data.is_local(q) and q.answers and re.fullmatch(r"\d{2,4}", q.answers[0].strip())][:n]
+               for lang in langs]
+    return [pair for group in zip(*by_lang) for pair in group]
+
+
+def chat_since(page, question: str) -> str:
+    """The chat's text from the last time `question` was asked."""
+    chat = page.inner_text("#cs-chat")
+    return chat[chat.rfind(question[:40]):]
+
+
+def test_an_answer_from_another_languages_passage_names_it_and_marks_its_sentence_in_that_card(page, artifacts):
+    # Which questions the small policy answers from another language's passage depends on the
+    # policy: ask until one is (each answer either way must say where it came from).
+    tried = []
+    for turn, (lang, question) in enumerate(cross_questions(["hi", "th", "ru", "de"], 2), 1):
+        ask(page, question, turn)
+        card = page.locator("#cs-evidence .cs-card[data-support]")
+        support_lang = card.first.get_attribute("data-lang") if card.count() else None
+        tried.append((lang, question, support_lang))
+        line = chat_since(page, question)
+        assert "Answer from:" in line or "No passage in the evidence supports this answer" in line, line
+        if support_lang and support_lang != lang:
+            break
+    else:
+        pytest.fail(f"no answer came from another language's passage: {tried}")
+
+    from crosearch_agent.languages import name
+
+    assert f"Answer from: {name(support_lang)}, search " in line, line
+    marked = card.first.locator(".cs-text mark.sup")
+    assert marked.count() >= 1
+    sentence = " ".join(marked.all_inner_texts())
+    assert sentence.strip() and sentence.split()[0] in card.first.locator(".cs-text").inner_text()
+    assert sentence.strip()[:20] in line or len(sentence) > 160  # the chat quotes the marked sentence
+    page.screenshot(path=str(artifacts / "app_cross_support.png"), full_page=True)
+    print("asked:", tried)
+
+
+def test_a_number_that_one_language_changed_gets_a_sources_disagree_panel(page, artifacts):
+    from crosearch_agent import qa_data
+    from crosearch_agent.changed_numbers import changes
+
+    page.get_by_text("Settings").click()
+    page.click("#cs-collection input")
+    page.locator("[role='option']", has_text="xquad-changed").first.click()
+    page.wait_for_timeout(1000)
+    changed = {c.question_id: c for c in changes()}
+    # The changed paragraphs' questions in languages whose copy is unchanged (test split: the
+    # collection is made of test paragraphs); the policy has to answer with the number.
+    questions = [q for q in qa_data.xquad_questions(["de", "en", "es", "ru"], "test")
+                 if q.id in changed and changed[q.id].lang != q.lang]
+    tried = []
+    for turn, q in enumerate(questions[:6], 1):
+        ask(page, q.question, turn)
+        tried.append((q.lang, q.question, chat_since(page, q.question)[-200:]))
+        if page.locator("#cs-evidence .cs-disagree").count():
+            break
+    else:
+        pytest.fail(f"no 'Sources disagree' panel for: {tried}")
+    panel = page.locator("#cs-evidence .cs-disagree")
+    assert "Sources disagree" in panel.inner_text()
+    differing = panel.locator("li.cs-differs")
+    change = changed[q.id]
+    assert differing.count() >= 1
+    assert change.lang in [li.get_attribute("data-lang") for li in differing.all()], panel.inner_text()
+    assert change.new in panel.locator(f'li[data-lang="{change.lang}"] b').inner_text().replace(",", "")
+    assert "Sources disagree:" in chat_since(page, q.question)
+    page.screenshot(path=str(artifacts / "app_disagree.png"), full_page=True)
+    print("asked:", tried)
+
+
+def test_every_script_has_a_font_so_hindi_and_thai_show_as_letters():
+    # Chromium draws empty boxes for a script no installed font covers (make browser installs them).
+    import subprocess
+
+    for lang in ("hi", "th", "ar", "el", "ru", "zh"):
+        fonts = subprocess.run(["fc-list", f":lang={lang}", "family"], capture_output=True, text=True).stdout
+        assert fonts.strip(), f"no font for {lang}: run `make browser`"
 
 
 def test_bad_input_gets_a_clear_message_in_the_chat_and_the_app_keeps_serving(page):

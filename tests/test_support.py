@@ -59,6 +59,14 @@ def test_without_a_citation_words_then_numbers_find_the_passage():
     assert (s.how, s.rank) == ("verbatim", 2)
 
 
+def test_a_citation_of_words_the_answer_does_not_come_from_is_not_support():
+    search = [_item(1, ("ar", AR, "Yuan/5"))]
+    # the quoted sentence is in Doc 1, but the answer is neither in it nor (no embedder) near it
+    assert find_support(_result("Hofen", "de", [search], think="Doc 1 (Arabic) says: تأسس عام ١٢٦٣ في العاصمة.")) == []
+    [s] = find_support(_result("1263", "de", [search], think="Doc 1 (Arabic) says: تأسس عام ١٢٦٣ في العاصمة."))
+    assert s.how == "citation"
+
+
 def test_an_answer_nothing_supports_has_no_support():
     search = [_item(1, ("de", OTHER, "Yuan/1"))]
     assert find_support(_result("1492", "de", [search])) == []
