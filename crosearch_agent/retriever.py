@@ -226,5 +226,6 @@ def load_retriever(settings, embedder=None, verify: bool = True) -> Retriever:
     from crosearch_agent.store import collection_dir, load_collection
 
     embedder = embedder or Embedder(settings.embedder)
-    collection = load_collection(collection_dir(settings.collection), embedder.id, settings.languages, verify)
+    collection = load_collection(collection_dir(settings.collection), embedder.id, settings.languages, verify,
+                                 nprobe=getattr(settings, "nprobe", None), rerank=getattr(settings, "rerank", None))
     return Retriever(collection, embedder, settings.rrf_k, settings.align_threshold, settings.score_weight)

@@ -6,6 +6,12 @@ embedder that made the vectors, its dimension, the passage counts, a sha256 of e
 file and how long the build took. The folder is written beside its final place and
 renamed into it in one step, so a crashed build never leaves a half index that loads;
 loading re-checks every hash and the embedder, and refuses anything that does not match.
+
+Index types: `flat` (exact), `hnsw` (a graph over the vectors) and `ivfpq`
+(`crosearch_agent.compressed`: PQ codes in memory plus `<lang>.npy`, the full vectors,
+memory-mapped for an exact re-rank). A vector file can be 15 GB, so a load checks it by
+size, header and a sampled checksum; its full sha256 is in the manifest too, checked with
+`verify="full"`.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crosearch_agent.config import data_home
+from crosearch_agent import compressed
+from crosearch_agent.config import Settings, data_home
 from crosearch_agent.folders import write_folder
 
 MANIFEST = "manifest.json"
@@ -65,7 +72,8 @@ def make_index(vectors: np.ndarray, index_type: str = "flat"):
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index.hnsw.efSearch = HNSW_EF_SEARCH
     else:
-        raise ValueError(f"unknown index type {index_type!r} (use 'flat' or 'hnsw')")
+        raise ValueError(f"unknown index type {index_type!r} (use 'flat' or 'hnsw'; 'ivfpq' is built by "
+                         f"compressed.build)")
     if len(vectors):
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
@@ -76,22 +84,35 @@ def write_collection(dest: Path, passages: dict[str, list[Passage]], vectors: di
     """Write every language's index and passages, then the manifest, then move into place.
 
     A failed write (disk full, quota) raises OSError naming the index and leaves the
-    previous index as it was.
+    previous index as it was. For `ivfpq`, a language's vectors may be an `np.memmap` (or
+    any array-like that slices to rows): they are read in chunks, never all at once.
     """
     dest = Path(dest)
 
     def write(tmp: Path) -> None:
-        langs = {}
+        langs, hashed = {}, {}
         for lang in sorted(passages):
             vecs = vectors[lang]
             if len(vecs) != len(passages[lang]):
                 raise StoreError(f"{lang}: {len(vecs)} vectors for {len(passages[lang])} passages")
-            _write_index(make_index(vecs, index_type), tmp / f"{lang}.faiss")
+            entry = {"count": len(passages[lang]), "index": f"{lang}.faiss", "passages": f"{lang}.jsonl"}
+            if index_type == "ivfpq":
+                index, params = compressed.build(vecs)
+                entry.update(params)
+                if params["kind"] == "ivfpq":  # else too few vectors: an exact flat index, no vector file
+                    entry["vectors"] = f"{lang}.npy"
+                    written = compressed.write_vectors(vecs, tmp / entry["vectors"])
+                    hashed[entry["vectors"]] = written["sha256"]  # hashed while written: no second 15 GB read
+                    entry["vectors_sample_sha256"] = written["sample_sha256"]
+            else:
+                index = make_index(vecs, index_type)
+            _write_index(index, tmp / entry["index"])
+            del index
             with open(tmp / f"{lang}.jsonl", "w", encoding="utf-8") as fh:
                 for p in passages[lang]:
                     fh.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-            langs[lang] = {"count": len(passages[lang]), "index": f"{lang}.faiss", "passages": f"{lang}.jsonl"}
-        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
+            langs[lang] = entry
+        files = {f.name: hashed.get(f.name) or sha256_file(f) for f in sorted(tmp.iterdir())}
         manifest = {
             "format": FORMAT,
             "embedder": {"id": embedder_id, "dim": dim},
@@ -174,7 +195,7 @@ def _manifest_problem(manifest: dict) -> str | None:
     for lang, entry in langs.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("count"), int):
             return f"a malformed entry for language {lang!r}"
-        for key in ("index", "passages"):
+        for key in ("index", "passages") + (("vectors",) if "vectors" in entry else ()):
             value = entry.get(key)
             # Plain names inside the folder only: a manifest must not point a loader elsewhere.
             if not isinstance(value, str) or not value or value != Path(value).name or value.startswith("."):
@@ -197,8 +218,15 @@ def _identity(folder: Path) -> tuple | None:
     return st.st_dev, st.st_ino
 
 
-def load_collection(folder: Path, embedder_id: str | None = None, languages=None, verify: bool = True) -> Collection:
+def load_collection(folder: Path, embedder_id: str | None = None, languages=None, verify: bool | str = True,
+                    nprobe: int | None = None, rerank: int | None = None) -> Collection:
     """Load a collection, refusing (with a clear message) a missing, corrupt or mismatched one.
+
+    `verify`: True checks every file against its manifest sha256, except the memory-mapped
+    vector files of `ivfpq` indexes, which are checked by size, header and a sampled
+    checksum (`compressed.sample_digest`: hashing 15 GB would take minutes); "full" hashes
+    those too; False checks shapes and sizes only. `nprobe` and `rerank` set how `ivfpq`
+    indexes search (default: `Settings`).
 
     A rebuild swaps a whole new folder into place while this may be reading: a load
     during which the folder changed is thrown away and done again, so the files loaded
@@ -211,7 +239,7 @@ def load_collection(folder: Path, embedder_id: str | None = None, languages=None
             time.sleep(0.05)  # between the two renames of a swap: the new folder is a moment away
             continue
         try:
-            collection = _load_once(folder, embedder_id, languages, verify)
+            collection = _load_once(folder, embedder_id, languages, verify, nprobe, rerank)
         except StoreError:
             if _identity(folder) == before:
                 raise
@@ -219,11 +247,11 @@ def load_collection(folder: Path, embedder_id: str | None = None, languages=None
         if _identity(folder) == before:
             return collection
     if _identity(folder) is None:
-        return _load_once(folder, embedder_id, languages, verify)  # the clear "no index" message
+        return _load_once(folder, embedder_id, languages, verify, nprobe, rerank)  # the clear "no index" message
     raise StoreError(f"index '{folder.name}' kept changing while it was being loaded (is it being rebuilt?); try again")
 
 
-def _load_once(folder: Path, embedder_id: str | None, languages, verify: bool) -> Collection:
+def _load_once(folder: Path, embedder_id: str | None, languages, verify, nprobe, rerank) -> Collection:
     import faiss
 
     name = folder.name
@@ -248,21 +276,26 @@ def _load_once(folder: Path, embedder_id: str | None, languages, verify: bool) -
     indexes, passages = {}, {}
     for lang in wanted:
         entry = manifest["languages"][lang]
-        index_file, passages_file = entry["index"], entry["passages"]
+        index_file, passages_file, vectors_file = entry["index"], entry["passages"], entry.get("vectors")
         try:
-            for file in (index_file, passages_file):
+            for file in (index_file, passages_file) + ((vectors_file,) if vectors_file else ()):
                 path = folder / file
                 if not path.exists():
                     raise StoreError(f"index '{name}' is missing {file}; rebuild it")
+                if file == vectors_file and verify != "full":
+                    continue  # checked by size, header and sampled checksum below
                 if verify and sha256_file(path) != manifest["files"].get(file):
                     raise StoreError(f"index '{name}': {file} does not match its manifest checksum "
                                      f"(corrupt or swapped file); {rebuild}")
             try:
-                indexes[lang] = faiss.read_index(str(folder / index_file))
+                indexes[lang] = (compressed.read_index if vectors_file else faiss.read_index)(str(folder / index_file))
             except RuntimeError as err:
                 raise StoreError(f"index '{name}': {index_file} is unreadable (truncated, or not a FAISS index); {rebuild}") from err
             if isinstance(indexes[lang], faiss.IndexHNSW):
                 indexes[lang].hnsw.efSearch = HNSW_EF_SEARCH
+            if vectors_file:
+                indexes[lang] = _open_compressed(folder, entry, indexes[lang], manifest["embedder"]["dim"],
+                                                 nprobe, rerank, f"index '{name}'", rebuild)
             passages[lang] = _read_passages(folder / passages_file, lang, f"index '{name}'", rebuild)
         except OSError as err:  # the folder went away under us (a rebuild's swap) or a read failed
             raise StoreError(f"index '{name}': cannot read {folder.name}/{index_file}: {err.strerror or err}; {rebuild}") from err
@@ -271,6 +304,19 @@ def _load_once(folder: Path, embedder_id: str | None, languages, verify: bool) -
             raise StoreError(f"index '{name}': {index_file} holds {ntotal} vectors of dimension {dim}, but {passages_file} "
                              f"{len(passages[lang])} passages and the manifest dimension {manifest['embedder']['dim']}; {rebuild}")
     return Collection(folder, manifest, indexes, passages)
+
+
+def _open_compressed(folder: Path, entry: dict, index, dim: int, nprobe, rerank, what: str, rebuild: str):
+    """An `ivfpq` language: its IVF-PQ index joined to its checked, memory-mapped vectors."""
+    try:
+        vectors = compressed.check_vectors(folder / entry["vectors"], entry["count"], dim, entry.get("vectors_sample_sha256"))
+    except ValueError as err:
+        raise StoreError(f"{what}: {entry['vectors']} {err} (corrupt, truncated or swapped vector file); {rebuild}") from err
+    try:
+        return compressed.open_index(index, vectors, Settings.nprobe if nprobe is None else nprobe,
+                                     Settings.rerank if rerank is None else rerank)
+    except (ValueError, RuntimeError) as err:  # not an IVF index, or not the vectors' count
+        raise StoreError(f"{what}: {entry['index']} does not go with {entry['vectors']} ({err}); {rebuild}") from err
 
 
 def _read_passages(path: Path, lang: str, what: str, rebuild: str) -> list[Passage]:
