@@ -73,6 +73,16 @@ def build(collection: str, languages=None, embedder: str | None = None, index_ty
     return dest
 
 
+def verify(collection: str, home: Path | None = None, log=print) -> int:
+    """Check a built collection file by file against its full checksums (StoreError names a bad one)."""
+    dest = store.collection_dir(collection, home)
+    t0 = time.perf_counter()
+    loaded = store.load_collection(dest, verify="full")
+    log(f"index '{collection}' is intact: its {len(loaded.manifest['files'])} files match their sha256 "
+        f"({time.perf_counter() - t0:.1f} s) at {dest}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m indexes.build", description=__doc__.splitlines()[0])
     Settings.add_arguments(parser, only=["collection", "languages", "embedder", "index_type", "data_dir"])
@@ -80,10 +90,15 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-passages", type=int, default=CHUNK_PASSAGES,
                         help="jsonl:PATH: passages embedded and written at a time, what the build holds in memory "
                              "(default: %(default)s)")
+    parser.add_argument("--verify", action="store_true",
+                        help="only check the built index: every file against its full sha256, the memory-mapped vector "
+                             "files of ivfpq indexes included (a load checks those by size, header and sampled blocks)")
     parser.add_argument("--add", metavar="PATH", default=None,
                         help="add the documents of another JSONL file to the jsonl:PATH collection (only new ones are embedded)")
     args = parser.parse_args(argv)
     try:
+        if args.verify:
+            return verify(args.collection)
         if args.add:
             if not args.collection.startswith("jsonl:") or "+" in args.collection:
                 raise ValueError("--add adds to a collection of your own documents: --collection jsonl:PATH")

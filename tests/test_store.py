@@ -1,5 +1,6 @@
 """Per-language FAISS indexes on disk: round trip, refusal of bad indexes, atomic writes."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ def _collection(rng, langs=("de", "en"), n=20):
 
 
 def _write(dest, passages, vectors, embedder="emb-a", index_type="flat"):
-    return store.write_collection(dest, passages, vectors, embedder_id=embedder, dim=16, index_type=index_type,
+    dim = next(iter(vectors.values())).shape[1]
+    return store.write_collection(dest, passages, vectors, embedder_id=embedder, dim=dim, index_type=index_type,
                                   inputs_hash="h")
 
 
@@ -105,9 +107,10 @@ def test_vectors_and_passages_must_agree(tmp_path):
 
 # ---------------------------------------------------------------- ivfpq: compressed codes + vectors on disk
 
-def _clustered(rng, n, dim=16, clusters=200):
-    """Unit vectors around random centres: near neighbours exist, as in real collections."""
-    centres = rng.normal(size=(clusters, dim))
+def _clustered(rng, n, dim=64, clusters=200):
+    """Unit vectors around 200 fixed random centres (the same for every call, so queries drawn
+    with another `rng` have neighbours): near neighbours exist, as in real collections."""
+    centres = np.random.default_rng(0).normal(size=(clusters, dim))
     v = (centres[rng.integers(0, clusters, n)] + rng.normal(size=(n, dim)) * 0.4).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
@@ -128,8 +131,6 @@ def ivfpq_folder(tmp_path_factory):
 
 
 def _copy(folder, tmp_path):
-    import shutil
-
     return Path(shutil.copytree(folder, tmp_path / "c"))
 
 
@@ -262,3 +263,18 @@ def test_the_builder_accepts_the_ivfpq_type(monkeypatch):
     assert seen == {"collection": "xquad", "index_type": "ivfpq"}
     with pytest.raises(SystemExit):
         build.main(["--collection", "xquad", "--index-type", "ivf"])
+
+
+def test_the_builder_verifies_a_built_index_in_full(ivfpq_folder, tmp_path, monkeypatch):
+    from indexes import build
+
+    home = tmp_path / "home"
+    shutil.copytree(ivfpq_folder[0], store.collection_dir("mine", home))
+    monkeypatch.setenv("CROSEARCH_HOME", str(home))
+    assert build.main(["--collection", "mine", "--verify"]) == 0
+    path = store.collection_dir("mine", home) / "de.npy"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 + len(data) // 128] ^= 0xFF  # a byte the load's sampled check does not read
+    path.write_bytes(bytes(data))
+    store.load_collection(path.parent, "emb-a")
+    assert build.main(["--collection", "mine", "--verify"]) == 1
