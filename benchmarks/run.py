@@ -149,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--types", type=_types, help="index_memory: index types, a subset of flat,hnsw,ivfpq (default: all)")
     parser.add_argument("--nprobe", type=int, help="index_memory: IVF-PQ lists searched (default: the Settings default)")
     parser.add_argument("--rerank", type=int, help="index_memory: IVF-PQ candidates re-ranked (default: the Settings default)")
+    parser.add_argument("--stem", help="file name of the report, <stem>.json and <stem>.md (default: results, "
+                        "results-quick with --quick): several runs can share one --out folder")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
         parser.error(str(err))
     date = time.strftime("%Y-%m-%d")
     out = Path(args.out) if args.out else data_home() / "benchmarks" / date
-    stem = "results-quick" if args.quick else "results"
+    stem = args.stem or ("results-quick" if args.quick else "results")
     log_dir = data_home() / "benchmarks" / "logs" / time.strftime("%Y-%m-%d-%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
     cache = None if args.fresh else data_home() / "benchmarks" / "cache"
