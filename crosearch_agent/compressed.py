@@ -8,7 +8,7 @@ plus its 8-byte id, so memory holds ~`m + 8` bytes a vector instead of 4 x dim.
 them exactly (inner product) from those rows, so the ranking returned is exact among the
 candidates and only the candidates' rows are read from disk.
 
-The quantizers are trained on a sample (`train_sample` rows, read in sorted order) and the
+The quantizers are trained on a sample (`Plan.train_size` rows, read in file order) and the
 vectors added `CHUNK` rows at a time, so building takes an array on disk (an `np.memmap`,
 or any array-like that slices to float32 rows) and never holds all of it in memory. A
 collection too small to train a quantizer (fewer than `MIN_TRAIN` vectors) gets an exact
