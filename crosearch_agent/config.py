@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -56,11 +57,45 @@ def language_codes(text: str) -> list[str]:
     return codes
 
 
+SERVICES_EXAMPLE = "de,en,zh=http://a:8100;ar,hi,th=http://b:8100"
+
+
+def parse_services(text: str) -> dict[str, list[str]]:
+    """`--retriever-urls`: 'de,en,zh=http://a:8100;ar,hi,th=http://b:8100' -> {url: [languages]}.
+
+    Entries are separated by ';' or spaces; each language belongs to one service (a URL may
+    appear in several entries: its languages add up)."""
+    from crosearch_agent.languages import NAMES
+
+    entries = [e for e in re.split(r"[;\s]+", text or "") if e]
+    if not entries:
+        raise ValueError(f"no retrieval services given; expected LANGUAGES=URL entries, e.g. '{SERVICES_EXAMPLE}'")
+    services: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for entry in entries:
+        langs, sep, url = entry.partition("=")
+        if not sep or not langs.strip(",") or not url:
+            raise ValueError(f"{entry!r} is not LANGUAGES=URL (e.g. '{SERVICES_EXAMPLE}')")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL (in {entry!r})")
+        url = url.rstrip("/")
+        codes = [c.strip().lower() for c in langs.split(",") if c.strip()]
+        unknown = [c for c in codes if c not in NAMES]
+        if unknown:
+            raise ValueError(f"unknown language code {', '.join(map(repr, unknown))} in {entry!r}; "
+                             f"known: {' '.join(sorted(NAMES))}")
+        for code in codes:
+            if owner.setdefault(code, url) != url:
+                raise ValueError(f"language {code!r} is given to two services ({owner[code]} and {url}); "
+                                 "each language is searched at one")
+            if code not in services.setdefault(url, []):
+                services[url].append(code)
+    return services
+
+
 def service_map(text: str) -> str:
     """One `--retriever-urls` argument, checked now (a usage error names what is wrong) and
-    kept as written; `spread.parse_services` reads it."""
-    from crosearch_agent.spread import parse_services
-
+    kept as written; `parse_services` reads it."""
     try:
         parse_services(text)
     except ValueError as err:

@@ -19,7 +19,7 @@ from dataclasses import asdict
 import numpy as np
 
 from crosearch_agent.evidence import Evidence, Hit
-from crosearch_agent.retriever import LanguageHits
+from crosearch_agent.fusion import LanguageHits
 from crosearch_agent.store import Passage, StoreError
 
 DEFAULT_TIMEOUT_S = 60.0

@@ -14,52 +14,18 @@ which the agent's evidence step (and so the app and `/ask`) reports.
 """
 from __future__ import annotations
 
-import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from crosearch_agent.config import parse_services  # noqa: F401  (the map's parser, re-exported)
 from crosearch_agent.evidence import EvidenceList
 from crosearch_agent.remote import RetrievalServiceError, ServiceClient
-from crosearch_agent.retriever import DEPTH, LanguageHits, fuse, pool
+from crosearch_agent.fusion import DEPTH, LanguageHits, fuse, pool
 
 TIMEOUT_S = 30.0          # for an answer: a service's first query also loads its tokenizer
 CONNECT_TIMEOUT_S = 3.0   # for a connection: a machine that is off costs its languages quickly
 WORKERS_PER_SERVICE = 4   # requests in flight to one service (the app asks several questions at once)
-EXAMPLE = "de,en,zh=http://a:8100;ar,hi,th=http://b:8100"
-
-
-def parse_services(text: str) -> dict[str, list[str]]:
-    """`--retriever-urls`: 'de,en,zh=http://a:8100;ar,hi,th=http://b:8100' -> {url: [languages]}.
-
-    Entries are separated by ';' or spaces; each language belongs to one service (a URL may
-    appear in several entries: its languages add up)."""
-    from crosearch_agent.languages import NAMES
-
-    entries = [e for e in re.split(r"[;\s]+", text or "") if e]
-    if not entries:
-        raise ValueError(f"no retrieval services given; expected LANGUAGES=URL entries, e.g. '{EXAMPLE}'")
-    services: dict[str, list[str]] = {}
-    owner: dict[str, str] = {}
-    for entry in entries:
-        langs, sep, url = entry.partition("=")
-        if not sep or not langs.strip(",") or not url:
-            raise ValueError(f"{entry!r} is not LANGUAGES=URL (e.g. '{EXAMPLE}')")
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL (in {entry!r})")
-        url = url.rstrip("/")
-        codes = [c.strip().lower() for c in langs.split(",") if c.strip()]
-        unknown = [c for c in codes if c not in NAMES]
-        if unknown:
-            raise ValueError(f"unknown language code {', '.join(map(repr, unknown))} in {entry!r}; "
-                             f"known: {' '.join(sorted(NAMES))}")
-        for code in codes:
-            if owner.setdefault(code, url) != url:
-                raise ValueError(f"language {code!r} is given to two services ({owner[code]} and {url}); "
-                                 "each language is searched at one")
-            if code not in services.setdefault(url, []):
-                services[url].append(code)
-    return services
 
 
 class SpreadRetriever:

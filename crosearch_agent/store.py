@@ -31,6 +31,7 @@ from crosearch_agent.folders import write_folder
 MANIFEST = "manifest.json"
 FORMAT = 1
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 200, 128
+ADD_ROWS = 65_536  # vectors copied into a flat or HNSW index at a time (100 MB of 384-d float32)
 
 
 class StoreError(RuntimeError):
@@ -74,8 +75,9 @@ def make_index(vectors: np.ndarray, index_type: str = "flat"):
     else:
         raise ValueError(f"unknown index type {index_type!r} (use 'flat' or 'hnsw'; 'ivfpq' is built by "
                          f"compressed.build)")
-    if len(vectors):
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    # In slices: vectors on disk (a memmap, from a streaming ingest) are never all copied at once.
+    for start in range(0, len(vectors), ADD_ROWS):
+        index.add(np.ascontiguousarray(vectors[start:start + ADD_ROWS], dtype=np.float32))
     return index
 
 

@@ -289,7 +289,7 @@ def test_build_with_a_full_disk_reports_it_and_the_old_index_still_serves(tmp_pa
     import faiss
 
     from crosearch_agent import qa_data
-    from indexes import build
+    from indexes import build, ingest
 
     # Indexes in a scratch home; the bundled models stay where they are (no re-materialising).
     monkeypatch.setattr(store, "data_home", lambda: tmp_path / "home")
@@ -311,7 +311,9 @@ def test_build_with_a_full_disk_reports_it_and_the_old_index_still_serves(tmp_pa
     monkeypatch.setattr(faiss, "write_index", real)
     assert store.read_manifest(folder)["files"] == before
     assert store.load_collection(folder, "bundled:multilingual-e5-small").languages == ["de", "en", "zh"]
-    assert _siblings(folder) == [folder.name]
+    # No half-written index is left beside it; the ingest's work folder (the embedded chunks
+    # that `--add` and a resumed build reuse) stays.
+    assert _siblings(folder) == sorted([folder.name, ingest.work_dir(folder).name])
 
     # A damaged file makes the next build rebuild instead of calling the index up to date.
     (folder / "zh.faiss").write_bytes(b"")

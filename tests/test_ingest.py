@@ -138,3 +138,39 @@ def test_a_killed_ingest_resumes_where_it_stopped_and_ends_as_a_whole_one(tmp_pa
     for lang in a.languages:
         np.testing.assert_allclose(a.indexes[lang].reconstruct_n(0, a.indexes[lang].ntotal),
                                    b.indexes[lang].reconstruct_n(0, b.indexes[lang].ntotal), atol=1e-5)
+
+
+def test_the_build_holds_one_chunk_at_a_time_not_the_collection(tmp_path, embedder, monkeypatch):
+    # The memory cap: what a chunked build allocates itself (Python objects and numpy arrays,
+    # as tracemalloc sees them) must stay under half of the collection's text and vectors, and
+    # under a quarter of what the same build takes when the whole collection is one chunk.
+    # The index's own memory (faiss) and the model's are not counted: a flat index holds every
+    # vector by design; an ivfpq one holds codes.
+    import functools
+    import tracemalloc
+
+    import indexes.corpora  # noqa: F401  (imported before measuring: imports are not the build)
+
+    # Fixed-size buffers (rows added to an index at a time, blocks hashed) scaled to this
+    # small collection, as they are small beside a large one.
+    monkeypatch.setattr(store, "ADD_ROWS", 32)
+    monkeypatch.setattr(store, "sha256_file", functools.partial(store.sha256_file, chunk=1 << 14))
+    source = write_jsonl(tmp_path / "docs.jsonl", documents(160, words=60))
+    embedder.encode_passages(["warm-up"] * 4)  # first calls allocate caches that stay
+
+    def peak(chunk_passages: int, home: str) -> tuple[int, int]:
+        monkeypatch.setenv("CROSEARCH_HOME", str(tmp_path / home))
+        tracemalloc.start()
+        try:
+            folder = ingest.ingest(f"jsonl:{source}", embedder=embedder, chunk_passages=chunk_passages, log=lambda *_: None)
+            return tracemalloc.get_traced_memory()[1], store.read_manifest(folder)["passages"]
+        finally:
+            tracemalloc.stop()
+
+    chunked, passages = peak(8, "chunked")      # measured first: anything imported late counts here
+    whole, _ = peak(100_000, "whole")
+    print(f"{passages} passages: peak {chunked / 1e3:.0f} kB in chunks of 8, {whole / 1e3:.0f} kB in one")
+    collection = source.stat().st_size + passages * embedder.dim * 4
+    assert passages > 300
+    assert chunked < collection / 2, (chunked, collection)
+    assert chunked < whole / 4, (chunked, whole)
