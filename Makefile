@@ -29,7 +29,7 @@ run: setup
 
 # The whole suite, slow real-model tests included (CI runs this).
 test: setup
-	$(PY) -m pytest -m "slow or not slow"
+	$(PY) -m pytest -m "slow or not slow" --durations=25
 
 # Only the fast tests (the default of a bare `pytest`).
 test-fast: setup

@@ -40,7 +40,8 @@ CHUNK = 65_536
 MB = 1024 * 1024
 MAX_EXACT = 2_000_000     # flat/HNSW above this: 3 GB+ in RAM, and HNSW builds for hours on 2 cores
 DATA_VERSION = 3          # part of the HNSW cache key: bump when SyntheticEmbeddings changes
-SWEEP = ((16, 100), (32, 100), (64, 100), (32, 200), (64, 200), (128, 200), (128, 400))  # (nprobe, rerank)
+SWEEP = ((16, 100), (32, 100), (64, 100), (32, 200), (64, 200), (128, 200), (128, 400), (128, 1000), (256, 400),
+         (256, 1000))  # (nprobe, rerank)
 
 
 # ---------------------------------------------------------------- the data

@@ -18,8 +18,10 @@ from crosearch_agent.config import BUNDLED_EMBEDDER
 PROGRESS_MIN = 256  # show a progress bar when encoding at least this many texts
 # Passages are encoded in batches of similar length holding about this many tokens (padding
 # included): short passages go many at a time, long ones few, so no batch pads short texts to
-# a long one's length and every batch costs about the same.
-TOKEN_BUDGET = 2048
+# a long one's length and every batch costs about the same. Measured on 480 xquad-partial
+# passages, 1 thread: 1,024 and 2,048 tokens 1.03-1.04x the best fixed batch (8), 4,096 tokens
+# 1.27x (benchmarks/results/2026-12-04-epyc-avx2/embedding.md).
+TOKEN_BUDGET = 4096
 QUERY_CACHE = 20_000  # query vectors remembered (1.5 KB each for e5-small)
 
 
