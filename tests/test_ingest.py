@@ -155,7 +155,7 @@ def test_the_build_holds_one_chunk_at_a_time_not_the_collection(tmp_path, embedd
     # small collection, as they are small beside a large one.
     monkeypatch.setattr(store, "ADD_ROWS", 32)
     monkeypatch.setattr(store, "sha256_file", functools.partial(store.sha256_file, chunk=1 << 14))
-    source = write_jsonl(tmp_path / "docs.jsonl", documents(160, words=60))
+    source = write_jsonl(tmp_path / "docs.jsonl", documents(360, words=10))
     embedder.encode_passages(["warm-up"] * 4)  # first calls allocate caches that stay
 
     def peak(chunk_passages: int, home: str) -> tuple[int, int]:
