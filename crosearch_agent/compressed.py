@@ -87,6 +87,13 @@ def sample_rows(vectors, size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def add_rows(index, vectors) -> None:
+    """Add `vectors` (any array-like that slices to rows: a memmap too) to a FAISS index
+    CHUNK rows at a time, so they are never all copied into memory at once."""
+    for s in range(0, len(vectors), CHUNK):
+        index.add(np.ascontiguousarray(vectors[s:s + CHUNK], dtype=np.float32))
+
+
 def build(vectors, log=None):
     """(FAISS index, manifest parameters) for `vectors`: trained IVF-PQ, or exact flat when
     there are too few to train. `vectors` is read CHUNK rows at a time."""
@@ -96,8 +103,7 @@ def build(vectors, log=None):
     p = plan(n, dim)
     if p is None:
         index = faiss.IndexFlatIP(dim)
-        for s in range(0, n, CHUNK):
-            index.add(np.ascontiguousarray(vectors[s:s + CHUNK], dtype=np.float32))
+        add_rows(index, vectors)
         return index, {"kind": "flat", "fallback": f"{n:,} vectors: fewer than the {MIN_TRAIN:,} that IVF-PQ "
                                                    f"training needs, so this language has an exact flat index"}
     index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, p.nlist, p.m, p.nbits)
@@ -116,8 +122,7 @@ def build(vectors, log=None):
     index.train(sample)
     norms = np.linalg.norm(sample[:CHUNK], axis=1)
     del sample
-    for s in range(0, n, CHUNK):
-        index.add(np.ascontiguousarray(vectors[s:s + CHUNK], dtype=np.float32))
+    add_rows(index, vectors)
     return index, {"kind": "ivfpq", "ivfpq": {**asdict(p), "metric": "L2 on unit vectors, exact inner-product re-rank",
                                               "bytes_per_vector": p.bytes_per_vector,
                                               "sample_norms": [round(float(norms.min()), 4), round(float(norms.max()), 4)]}}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from crosearch_agent.evidence import Evidence, Hit
-from crosearch_agent.fusion import DEPTH, LanguageHits, align, fuse, pool, vote  # noqa: F401  (re-exported)
+from crosearch_agent.fusion import DEPTH, LanguageHits, fuse, pool, vote
 from crosearch_agent.store import Collection, Passage
 
 STATS_DEPTH = 50  # hits per language used to standardise its scores
@@ -119,7 +119,8 @@ def load_retriever(settings, embedder=None, verify: bool = True) -> Retriever:
     if getattr(settings, "retriever_url", None) and getattr(settings, "retriever_urls", None):
         raise ValueError("give --retriever-url (one service) or --retriever-urls (languages spread over several), not both")
     if getattr(settings, "retriever_urls", None):
-        from crosearch_agent.spread import SpreadRetriever, parse_services
+        from crosearch_agent.config import parse_services
+        from crosearch_agent.spread import SpreadRetriever
 
         return SpreadRetriever(parse_services(settings.retriever_urls), settings.languages, rrf_k=settings.rrf_k,
                                align_threshold=settings.align_threshold, score_weight=settings.score_weight)

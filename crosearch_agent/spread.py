@@ -5,7 +5,7 @@ Each service holds some of a collection's languages
 `SpreadRetriever` takes a map of languages to service URLs
 (`--retriever-urls "de,en,zh=http://a:8100;ar,hi,th=http://b:8100"`), asks every service
 concerned at once for its languages' raw hits (scores, ranks and the passages' stored vectors,
-`POST /hits`) and aligns and fuses them here with `retriever.fuse`: the very function the
+`POST /hits`) and aligns and fuses them here with `fusion.fuse`: the very function the
 in-process retriever runs, over the same hits in the same order, so the evidence is the same.
 
 A service that is down, too slow or failing costs only its languages: the others' evidence
@@ -18,10 +18,9 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from crosearch_agent.config import parse_services  # noqa: F401  (the map's parser, re-exported)
 from crosearch_agent.evidence import EvidenceList
-from crosearch_agent.remote import RetrievalServiceError, ServiceClient
 from crosearch_agent.fusion import DEPTH, LanguageHits, fuse, pool
+from crosearch_agent.remote import RetrievalServiceError, ServiceClient
 
 TIMEOUT_S = 30.0          # for an answer: a service's first query also loads its tokenizer
 CONNECT_TIMEOUT_S = 3.0   # for a connection: a machine that is off costs its languages quickly

@@ -31,7 +31,6 @@ from crosearch_agent.folders import write_folder
 MANIFEST = "manifest.json"
 FORMAT = 1
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 200, 128
-ADD_ROWS = 65_536  # vectors copied into a flat or HNSW index at a time (100 MB of 384-d float32)
 
 
 class StoreError(RuntimeError):
@@ -75,9 +74,7 @@ def make_index(vectors: np.ndarray, index_type: str = "flat"):
     else:
         raise ValueError(f"unknown index type {index_type!r} (use 'flat' or 'hnsw'; 'ivfpq' is built by "
                          f"compressed.build)")
-    # In slices: vectors on disk (a memmap, from a streaming ingest) are never all copied at once.
-    for start in range(0, len(vectors), ADD_ROWS):
-        index.add(np.ascontiguousarray(vectors[start:start + ADD_ROWS], dtype=np.float32))
+    compressed.add_rows(index, vectors)  # vectors on disk (a streaming ingest's memmap) in slices
     return index
 
 
@@ -161,6 +158,20 @@ def read_manifest(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+def up_to_date(folder: Path, inputs_hash: str, embedder_id: str | None) -> tuple[dict | None, str | None]:
+    """Whether the index at `folder` can be kept: (its manifest, None) when it was built from
+    `inputs_hash` and loads cleanly; (None, why not) when it was but does not load (a damaged
+    file: rebuild it); (None, None) when there is none or it was built from other inputs."""
+    manifest = read_manifest(folder)
+    if not manifest or manifest.get("inputs_hash") != inputs_hash:
+        return None, None
+    try:
+        load_collection(folder, embedder_id)
+    except StoreError as err:
+        return None, str(err)
+    return manifest, None
 
 
 class Collection:

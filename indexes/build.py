@@ -42,14 +42,13 @@ def build(collection: str, languages=None, embedder: str | None = None, index_ty
     if not passages:
         raise ValueError(f"collection {collection!r} has no passages in languages {languages}")
     digest = inputs_hash(passages, embedder, index_type)
-    manifest = store.read_manifest(dest)
-    if not force and manifest and manifest.get("inputs_hash") == digest:
-        try:
-            store.load_collection(dest, embedder)  # up to date only if it also loads cleanly
+    if not force:
+        manifest, damage = store.up_to_date(dest, digest, embedder)
+        if manifest:
             log(f"index '{collection}' is up to date ({manifest['passages']} passages) at {dest}")
             return dest
-        except store.StoreError as err:
-            log(f"rebuilding index '{collection}': {err}")
+        if damage:
+            log(f"rebuilding index '{collection}': {damage}")
 
     from crosearch_agent.embedder import Embedder
 

@@ -107,14 +107,13 @@ def ingest(collection: str, languages=None, embedder=None, embedder_id: str | No
     state.write(work)
 
     digest = _inputs_hash(state, index_type)
-    manifest = store.read_manifest(dest)
-    if all(s.done for s in state.sources) and manifest and manifest.get("inputs_hash") == digest:
-        try:
-            store.load_collection(dest, state.embedder)  # up to date only if it also loads cleanly
+    if all(s.done for s in state.sources):
+        manifest, damage = store.up_to_date(dest, digest, state.embedder)
+        if manifest:
             log(f"index '{collection}' is up to date ({manifest['passages']} passages) at {dest}")
             return dest
-        except store.StoreError as err:
-            log(f"rebuilding index '{collection}' from its stored chunks: {err}")
+        if damage:
+            log(f"rebuilding index '{collection}' from its stored chunks: {damage}")
     t0 = time.perf_counter()
     embedded = 0
     for source in state.sources:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from crosearch_agent import store
+from crosearch_agent import compressed, store
 from crosearch_agent.config import REPO_ROOT, Settings
 from crosearch_agent.embedder import Embedder, length_sorted_batches
 from crosearch_agent.retriever import load_retriever
@@ -153,7 +153,7 @@ def test_the_build_holds_one_chunk_at_a_time_not_the_collection(tmp_path, embedd
 
     # Fixed-size buffers (rows added to an index at a time, blocks hashed) scaled to this
     # small collection, as they are small beside a large one.
-    monkeypatch.setattr(store, "ADD_ROWS", 32)
+    monkeypatch.setattr(compressed, "CHUNK", 32)
     monkeypatch.setattr(store, "sha256_file", functools.partial(store.sha256_file, chunk=1 << 14))
     source = write_jsonl(tmp_path / "docs.jsonl", documents(360, words=10))
     embedder.encode_passages(["warm-up"] * 4)  # first calls allocate caches that stay

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from crosearch_agent import store
-from crosearch_agent.config import Settings
+from crosearch_agent.config import Settings, parse_services
 from crosearch_agent.evidence import EvidenceList, Hit
+from crosearch_agent.fusion import LanguageHits
 from crosearch_agent.remote import RetrievalServiceError, hits_from_json, hits_to_json
-from crosearch_agent.retriever import LanguageHits, Retriever, load_retriever
+from crosearch_agent.retriever import Retriever, load_retriever
 from crosearch_agent.serve_retrieval import create_app
-from crosearch_agent.spread import SpreadRetriever, parse_services
+from crosearch_agent.spread import SpreadRetriever
 from crosearch_agent.store import Passage, StoreError
 
 DIM = 32

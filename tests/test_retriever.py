@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from crosearch_agent import store
-from crosearch_agent.retriever import Retriever, align
+from crosearch_agent.fusion import align
+from crosearch_agent.retriever import Retriever
 from crosearch_agent.store import Passage
 
 DIM = 32
