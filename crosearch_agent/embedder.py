@@ -35,11 +35,18 @@ def resolve(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+def identity(name: str) -> str:
+    """The id an index records for embedder `name`: the bundled name, a folder's resolved path
+    or a hub id (known without loading the model)."""
+    path = Path(name).expanduser()
+    return name if name == BUNDLED_EMBEDDER or not path.exists() else str(path.resolve())
+
+
 class Embedder:
     def __init__(self, name: str = BUNDLED_EMBEDDER, batch_size: int = 32, device: str = "cpu"):
         from sentence_transformers import SentenceTransformer
 
-        self.id = name if name == BUNDLED_EMBEDDER or not Path(name).expanduser().exists() else str(Path(name).resolve())
+        self.id = identity(name)
         self.batch_size = batch_size
         self.model = SentenceTransformer(resolve(name), device=device)
         self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")

@@ -80,9 +80,14 @@ def test_a_file_is_ingested_in_chunks_into_a_searchable_index(tmp_path, embedder
     retriever = load_retriever(Settings(collection=name), embedder)
     top = retriever.search("Document 17 is about comets.", ["de", "en"], k=1)[0]
     assert top.doc_ids == {"doc-17"}
-    # the same file again: nothing to do
+    # the same file again: nothing to do, not even loading the embedder
     logs.clear()
-    ingest.ingest(name, embedder=embedder, chunk_passages=16, log=logs.append)
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("an up-to-date ingest loaded the embedder")
+
+    monkeypatch.setattr("crosearch_agent.embedder.Embedder", no_loading)
+    ingest.ingest(name, embedder_id=embedder.id, chunk_passages=16, log=logs.append)
     assert any("up to date" in line for line in logs)
 
 
