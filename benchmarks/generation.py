@@ -64,6 +64,24 @@ def start_vllm(model: str, ctx: dict):
     return ctx["vllm"]
 
 
+OWN = "vLLM, its own CPU binding"
+BINDING_BATCHES = (1, 8)
+
+
+def start_own_binding(model: str):
+    """A second engine as vLLM binds it by itself, on machines where the project binds the
+    worker to every core instead (crosearch_agent.policy.cpu_binding); None elsewhere."""
+    import os
+
+    from crosearch_agent.policy import FEW_CORES, VLLMPolicy
+
+    import torch
+
+    if torch.cuda.is_available() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or len(os.sched_getaffinity(0)) > FEW_CORES:
+        return None
+    return VLLMPolicy(model, all_cores=False)
+
+
 def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     import torch
 
@@ -111,12 +129,25 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     variants = {tf: (main, threads), tf_other: (other_p, threads)}
     if vllm:
         variants["vLLM"] = (vllm, threads)
+    own_binding = start_own_binding(model) if vllm else None
+    if own_binding:
+        variants[OWN] = (own_binding, threads)
     other = 1 if threads != 1 else 2
     variants[f"{tf}, {other} threads"] = (main, other)
     plan = {b: [tf] + ([tf_other] if b in dtype_batches else [])
             + (["vLLM"] if vllm else []) + ([f"{tf}, {other} threads"] if b == 1 else [])
+            + ([OWN] if own_binding and b in BINDING_BATCHES else [])
             for b in batches}
     by_batch = compare(variants, prompts_, plan, max_tokens, repeats)
+    if own_binding:
+        own_binding.close()
+        metrics["binding"] = binding = {b: ratio(r["vLLM"]["tokens_per_s"], r[OWN]["tokens_per_s"])
+                                        for b, r in by_batch.items() if OWN in r}
+        result.tables.append(Table("vLLM on CPU: worker bound to every core (the project's choice on few cores) vs "
+                                   "vLLM's own binding (one core kept for its scheduler), tokens/s",
+                                   ["batch", "every core", "vLLM's own", "ratio"],
+                                   [[b, by_batch[b]["vLLM"]["tokens_per_s"], by_batch[b][OWN]["tokens_per_s"],
+                                     fmt_ratio(x)] for b, x in binding.items()]))
     torch.set_num_threads(threads)
     metrics["runs"] = by_batch
     table = Table(f"Tokens/s, bundled Gemma 3 270M in {dtype}, {max_tokens} new tokens, CPU ({threads} torch thread(s))",
@@ -147,6 +178,9 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     result.summary = ((f"vLLM vs transformers tokens/s ({dtype}): {speedups}" if vllm else f"vLLM not measured ({vllm_error})")
                       + f"; transformers bf16 vs float32 on CPU: {dt}; {other} vs {threads} torch threads: "
                       f"{fmt_ratio(threads_ratio)}; GPU not measured")
+    if metrics.get("binding"):
+        result.summary += "; vLLM worker on every core vs vLLM's own binding: " + ", ".join(
+            f"{fmt_ratio(x)} at batch {b}" for b, x in metrics["binding"].items())
     if vllm_error:
         result.notes.append(f"vLLM engine not available: {vllm_error}")
     else:
