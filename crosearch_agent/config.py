@@ -32,6 +32,20 @@ def models_home() -> Path:
     return Path(os.environ.get("CROSEARCH_MODELS") or data_home() / "models").resolve()
 
 
+def portable(value):
+    """`value` with this machine's folders named by role (`<data home>`, `<repo>`), so a
+    report can be committed and read elsewhere."""
+    if isinstance(value, str):
+        for folder, name in ((data_home(), "<data home>"), (REPO_ROOT, "<repo>"), (REPO_ROOT.parent, "<repo>/..")):
+            value = value.replace(str(folder), name)
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    return value
+
+
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     """Local copies of the QA data sets: `--data-dir`, `CROSEARCH_DATA_DIR`, `../shared/data`.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from crosearch_agent import qa_data
-from crosearch_agent.config import REPO_ROOT, Settings, data_home, uses_services
+from crosearch_agent.config import REPO_ROOT, Settings, data_home, portable, uses_services
 from crosearch_agent.policy_folders import settings_from_command_line
 from crosearch_agent.store import StoreError, collection_dir, load_collection
 
@@ -407,7 +407,9 @@ def main(argv=None) -> int:
     config = {"task": args.task, "dataset": args.dataset, "split": args.split, "methods": methods,
               "limit": args.limit, "batch_size": args.batch_size, "git_commit": git_commit(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), **vars(settings), "timing": timing}
-    (out / "results.json").write_text(json.dumps({"config": config, "results": results}, indent=2, ensure_ascii=False))
+    # Machine folders named by role: results are committed and read elsewhere.
+    (out / "results.json").write_text(json.dumps({"config": portable(config), "results": results}, indent=2,
+                                                 ensure_ascii=False))
     with open(out / "rows.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     table = markdown_table(results, keys, key)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from crosearch_agent import eval as evaluation
+from crosearch_agent.config import REPO_ROOT
 from crosearch_agent.eval import QA_KEYS
 
 pytestmark = pytest.mark.slow
@@ -19,6 +20,8 @@ def test_qa_eval_writes_every_metric_per_method_subset_and_language(tmp_path, sh
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
     assert data["config"]["split"] == "dev" and data["config"]["git_commit"]
+    # fit to commit: the policy's folder is named by role, not by this machine's path
+    assert data["config"]["timing"]["policy"].startswith("<") and str(REPO_ROOT) not in json.dumps(data)
     for method in ("closed_book", "mono_rag", "concat_rag", "crosearch"):
         res = data["results"][method]
         assert res["overall"]["n"] == 4 and set(QA_KEYS) - {"recall"} <= set(res["overall"])

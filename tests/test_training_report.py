@@ -32,7 +32,7 @@ def test_the_report_puts_policies_and_runs_side_by_side(tmp_path):
 
 
 def test_machine_folders_are_named_by_role(tmp_path, monkeypatch):
-    from training.report import portable
+    from crosearch_agent.config import portable
 
     monkeypatch.setenv("CROSEARCH_HOME", str(tmp_path / "home"))
     got = portable({"policy": str(tmp_path / "home" / "checkpoints" / "latest"), "n": [3, str(tmp_path)]})

@@ -19,27 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-from crosearch_agent.config import REPO_ROOT, data_home
+from crosearch_agent.config import portable
 from crosearch_agent.eval import QA_KEYS, chart, markdown_table
 from training.logs import column, read_rows
 
 # Eval options that may differ between the compared runs (everything else must match).
 PER_RUN = {"policy", "git_commit", "date", "timing", "out", "backend", "base_url", "batch_size"}
 CURVES = ("reward", "reward_answer", "reward_format", "reward_language", "format_valid_rate", "kl")
-
-
-def portable(value):
-    """`value` with this machine's folders named by role (`<data home>`, `<repo>`), so a
-    report can be committed and read elsewhere."""
-    if isinstance(value, str):
-        for folder, name in ((data_home(), "<data home>"), (REPO_ROOT, "<repo>"), (REPO_ROOT.parent, "<repo>/..")):
-            value = value.replace(str(folder), name)
-        return value
-    if isinstance(value, dict):
-        return {k: portable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [portable(v) for v in value]
-    return value
 
 
 def labelled(items: list[str], what: str) -> list[tuple[str, Path]]:

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS
+from crosearch_agent.config import portable
 from crosearch_agent.eval import git_commit
 from crosearch_agent.policy_folders import BUNDLED_POLICY
 from crosearch_agent.store import sha256_file
 from training.config import TrainConfig, config_from_command_line
-from training.report import portable
 
 FILES = ("adapter_model.safetensors", "adapter_config.json", "training.json")
 MAX_BYTES = 48 * 2**20
