@@ -53,3 +53,15 @@ def test_lora_on_the_top_layers_trains_only_them(tiny):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     merged = model.merge_and_unload()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_the_row_cost_profile_times_forward_and_backward_of_the_configs_model(tiny):
+    from training.sft import profile_rows
+
+    cfg = load_config("cpu-reader", {"base_policy": str(tiny), "lora_layers": 2, "lora_r": 4, "device": "cpu"})
+    lines = []
+    got = profile_rows(cfg, tokens=40, scored=6, repeats=2, log=lines.append)
+    assert got["tokens"] == 40 and got["lora"] == {"r": 4, "layers": 2} and got["device"] == "cpu"
+    assert got["seconds_per_row"] > 0 and got["first_pass_s"] > 0
+    assert got["rows_per_hour"] == pytest.approx(3600 / got["seconds_per_row"], rel=0.01)
+    assert "s per row of 40 tokens" in lines[0] and "LoRA r 4 on the top 2 layers" in lines[0]

@@ -374,12 +374,54 @@ def make_sft_trainer_class():
     return Trainer
 
 
+def profile_rows(cfg: TrainConfig, tokens: int = 700, scored: int = 24, repeats: int = 3, log=print) -> dict:
+    """Seconds per warm-up row on this machine: forward and backward of one row of `tokens`
+    tokens, the loss on its last `scored` (a teacher turn), for the config's base policy,
+    LoRA and precision; what a run is sized by. The first pass (allocation, kernel choice)
+    is timed apart."""
+    import torch
+
+    from crosearch_agent.policy_folders import resolve_policy
+    from training.config import device_kind, trainer_device_args
+
+    device = "cuda" if device_kind(cfg) == "cuda" else "cpu"
+    model = load_trainable(resolve_policy(cfg.base_policy), cfg).to(device)
+    model.train()
+    ids = torch.randint(100, min(model.config.vocab_size, 20_000), (1, tokens), device=device)
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, -scored:] = ids[:, -scored:]
+    bf16 = trainer_device_args(cfg).get("bf16", False)
+    seconds = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = labelled_loss(model, ids, torch.ones_like(ids), labels)
+        loss.backward()
+        seconds.append(time.perf_counter() - t0)
+        model.zero_grad(set_to_none=True)
+    per_row = sorted(seconds[1:])[len(seconds[1:]) // 2]
+    result = {"policy": cfg.base_policy, "tokens": tokens, "scored": scored, "bf16": bf16, "device": device,
+              "threads": torch.get_num_threads(), "lora": {"r": cfg.lora_r, "layers": cfg.lora_layers} if cfg.lora_r else None,
+              "first_pass_s": float(f"{seconds[0]:.3g}"), "seconds_per_row": float(f"{per_row:.3g}"),
+              "rows_per_hour": int(3600 / per_row)}
+    log(f"warm-up row cost: {per_row:.2f} s per row of {tokens} tokens ({result['rows_per_hour']} rows an hour; "
+        f"{cfg.base_policy}, {'LoRA r %d on the top %s layers' % (cfg.lora_r, cfg.lora_layers or 'all') if cfg.lora_r else 'full fine-tuning'}, "
+        f"{'bf16 autocast' if bf16 else 'float32'}, {device})")
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.sft", description=__doc__.splitlines()[0],
                                      epilog="The config file's options can be overridden by the flags above.")
-    _, cfg = config_from_command_line(parser, argv)
+    parser.add_argument("--profile", type=int, default=0, metavar="TOKENS",
+                        help="measure seconds per warm-up row of this many tokens for the config's model, LoRA and "
+                             "precision, and stop (size a run by it)")
+    args, cfg = config_from_command_line(parser, argv)
     if cfg is None:
         return 2
+    if args.profile:
+        print(json.dumps(profile_rows(cfg, tokens=args.profile)))
+        return 0
     try:
         run_warmup(cfg)
     except StoreError as err:
