@@ -73,9 +73,9 @@ def start_own_binding(model: str):
     worker to every core instead (crosearch_agent.policy.cpu_binding); None elsewhere."""
     import os
 
-    from crosearch_agent.policy import FEW_CORES, VLLMPolicy
-
     import torch
+
+    from crosearch_agent.policy import FEW_CORES, VLLMPolicy
 
     if torch.cuda.is_available() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or len(os.sched_getaffinity(0)) > FEW_CORES:
         return None

@@ -134,7 +134,8 @@ class TransformersPolicy:
 
 # vLLM's CPU worker computes on all cores but one, which it keeps for its scheduler. On a
 # machine of a few cores that is a large share left idle: on 2 cores, binding the worker to
-# both measured 1.2-1.3x faster at batch 1 and 1.5-1.8x at batch 8 (benchmarks/generation.py).
+# both measured 1.2x the tokens/s at batch 1 and 1.4x at batch 8 (benchmarks/generation.py;
+# 1.5-1.8x for batches of ~600-token answer-turn prompts).
 FEW_CORES = 4
 
 
