@@ -71,13 +71,11 @@ BINDING_BATCHES = (1, 8)
 def start_own_binding(model: str):
     """A second engine as vLLM binds it by itself, on machines where the project binds the
     worker to every core instead (crosearch_agent.policy.cpu_binding); None elsewhere."""
-    import os
-
     import torch
 
-    from crosearch_agent.policy import FEW_CORES, VLLMPolicy
+    from crosearch_agent.policy import VLLMPolicy, all_cores_binding
 
-    if torch.cuda.is_available() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or len(os.sched_getaffinity(0)) > FEW_CORES:
+    if torch.cuda.is_available() or all_cores_binding() is None:
         return None
     return VLLMPolicy(model, all_cores=False)
 

@@ -31,8 +31,7 @@ def resolve(name: str) -> str:
         from crosearch_agent.bundled import materialise_embedder
 
         return str(materialise_embedder())
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+    return identity(name)
 
 
 def identity(name: str) -> str:

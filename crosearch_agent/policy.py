@@ -139,16 +139,24 @@ class TransformersPolicy:
 FEW_CORES = 4
 
 
+def all_cores_binding() -> str | None:
+    """The VLLM_CPU_OMP_THREADS_BIND the project starts vLLM's CPU engine with: every core this
+    process may use, on a machine of at most FEW_CORES cores where the user set none; None
+    where vLLM's own binding (or the user's) stands."""
+    cores = sorted(os.sched_getaffinity(0))
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or len(cores) > FEW_CORES:
+        return None
+    return ",".join(map(str, cores))
+
+
 @contextlib.contextmanager
 def cpu_binding(all_cores: bool):
-    """The environment vLLM's CPU engine starts in: with `all_cores` on a machine of at most
-    FEW_CORES cores, its worker bound to every core this process may use; a binding the user
-    set (VLLM_CPU_OMP_THREADS_BIND) is always kept."""
-    cores = sorted(os.sched_getaffinity(0))
-    if not all_cores or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or len(cores) > FEW_CORES:
+    """The environment vLLM's CPU engine starts in: with `all_cores`, `all_cores_binding()`."""
+    binding = all_cores_binding() if all_cores else None
+    if binding is None:
         yield
         return
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding
     try:
         yield
     finally:

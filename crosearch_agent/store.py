@@ -160,18 +160,19 @@ def read_manifest(folder: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def up_to_date(folder: Path, inputs_hash: str, embedder_id: str | None) -> tuple[dict | None, str | None]:
-    """Whether the index at `folder` can be kept: (its manifest, None) when it was built from
-    `inputs_hash` and loads cleanly; (None, why not) when it was but does not load (a damaged
-    file: rebuild it); (None, None) when there is none or it was built from other inputs."""
+def up_to_date(folder: Path, inputs_hash: str, embedder_id: str | None, name: str, log=print) -> bool:
+    """Whether the index at `folder` can be kept: built from `inputs_hash` and loading cleanly.
+    Says so, or why a damaged one (built from these inputs, not loading) is rebuilt."""
     manifest = read_manifest(folder)
     if not manifest or manifest.get("inputs_hash") != inputs_hash:
-        return None, None
+        return False
     try:
         load_collection(folder, embedder_id)
     except StoreError as err:
-        return None, str(err)
-    return manifest, None
+        log(f"rebuilding index '{name}': {err}")
+        return False
+    log(f"index '{name}' is up to date ({manifest['passages']} passages) at {folder}")
+    return True
 
 
 class Collection:

@@ -42,13 +42,8 @@ def build(collection: str, languages=None, embedder: str | None = None, index_ty
     if not passages:
         raise ValueError(f"collection {collection!r} has no passages in languages {languages}")
     digest = inputs_hash(passages, embedder, index_type)
-    if not force:
-        manifest, damage = store.up_to_date(dest, digest, embedder)
-        if manifest:
-            log(f"index '{collection}' is up to date ({manifest['passages']} passages) at {dest}")
-            return dest
-        if damage:
-            log(f"rebuilding index '{collection}': {damage}")
+    if not force and store.up_to_date(dest, digest, embedder, collection, log):
+        return dest
 
     from crosearch_agent.embedder import Embedder
 

@@ -74,14 +74,8 @@ def work_dir(dest: Path) -> Path:
 def _kept(dest: Path, state: State, index_type: str, collection: str, log) -> bool:
     """Whether a finished ingest's index is up to date and loads (a damaged one is rebuilt from
     the stored chunks)."""
-    if not all(s.done for s in state.sources):
-        return False
-    manifest, damage = store.up_to_date(dest, _inputs_hash(state, index_type), state.embedder)
-    if manifest:
-        log(f"index '{collection}' is up to date ({manifest['passages']} passages) at {dest}")
-    elif damage:
-        log(f"rebuilding index '{collection}' from its stored chunks: {damage}")
-    return manifest is not None
+    return all(s.done for s in state.sources) and store.up_to_date(
+        dest, _inputs_hash(state, index_type), state.embedder, collection, log)
 
 
 def ingest(collection: str, languages=None, embedder=None, embedder_id: str | None = None, index_type: str = "flat",
@@ -106,15 +100,13 @@ def ingest(collection: str, languages=None, embedder=None, embedder_id: str | No
         new = _source(Path(add).expanduser())
         if not any(_same_file(s, new) for s in state.sources):
             state.sources.append(new)
-    checked = False  # the up-to-date check loads the whole index: once is enough
-    if embedder is None:
-        from crosearch_agent.config import BUNDLED_EMBEDDER
-        from crosearch_agent.embedder import Embedder, identity
+    from crosearch_agent.config import BUNDLED_EMBEDDER
+    from crosearch_agent.embedder import Embedder, identity
 
-        if state is not None and state.embedder == identity(embedder_id or BUNDLED_EMBEDDER):
-            checked = True
-            if _kept(dest, state, index_type, collection, log):
-                return dest  # up to date: the embedder need not be loaded (seconds, a GB of memory)
+    wanted = embedder.id if embedder is not None else identity(embedder_id or BUNDLED_EMBEDDER)
+    if state is not None and state.embedder == wanted and _kept(dest, state, index_type, collection, log):
+        return dest  # up to date: no embedder loaded (seconds, a GB of memory)
+    if embedder is None:
         embedder = Embedder(embedder_id) if embedder_id else Embedder()
     if state is None:
         _clear(work)
@@ -125,8 +117,6 @@ def ingest(collection: str, languages=None, embedder=None, embedder_id: str | No
     (work / "chunks").mkdir(parents=True, exist_ok=True)
     state.write(work)
 
-    if not checked and _kept(dest, state, index_type, collection, log):
-        return dest
     t0 = time.perf_counter()
     embedded = 0
     for source in state.sources:
