@@ -65,3 +65,60 @@ def test_the_row_cost_profile_times_forward_and_backward_of_the_configs_model(ti
     assert got["seconds_per_row"] > 0 and got["first_pass_s"] > 0
     assert got["rows_per_hour"] == pytest.approx(3600 / got["seconds_per_row"], rel=0.01)
     assert "s per row of 40 tokens" in lines[0] and "LoRA r 4 on the top 2 layers" in lines[0]
+
+
+def test_a_warmup_continues_a_finished_adapter_after_its_steps(tiny_gemma, tmp_path):
+    """`sft_start_adapter`: the trainer resumes from the adapter's weights at the step its
+    training.json records and trains only the steps after it."""
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig
+    from datasets import Dataset
+
+    from training.sft import make_sft_trainer_class, save_adapter, start_from_adapter
+
+    cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu"})
+    finished = load_trainable(str(tiny_gemma), cfg)
+    torch.manual_seed(2)
+    for name, p in finished.named_parameters():
+        if "lora_B" in name:  # zero when fresh: a trained adapter's differ
+            p.data.normal_()
+    expected = {n: p.detach().clone() for n, p in finished.named_parameters() if "lora_" in n}
+    adapter = save_adapter(finished, tmp_path / "adapter", {"steps": 2, "rows_trained": 2, "train_seconds": 7.0})
+
+    cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu",
+                                     "sft_start_adapter": str(adapter)})
+    work = tmp_path / "work"
+    lines = []
+    checkpoint = start_from_adapter(cfg, work, log=lines.append)
+    assert checkpoint.name == "checkpoint-2" and "after its 2 steps" in lines[0]
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma)
+    ids = tokenizer("Doc 1 says: 1263.")["input_ids"]
+    rows = [{"input_ids": ids, "labels": ids} for _ in range(4)]
+    steps_run = []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            steps_run.append(state.global_step)
+
+    args = SFTConfig(output_dir=str(work), max_steps=3, per_device_train_batch_size=1, learning_rate=0.0,
+                     save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True)
+    trainer = make_sft_trainer_class()(model=load_trainable(str(tiny_gemma), cfg), args=args,
+                                       train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.add_callback(Count())
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert steps_run == [3]  # steps 1-2 are the adapter's
+    trained = dict(trainer.model.named_parameters())
+    assert all(torch.equal(trained[n].detach(), p) for n, p in expected.items())  # lr 0: still the adapter's
+
+
+def test_continuing_needs_an_adapter_with_recorded_steps(tiny_gemma, tmp_path):
+    from training.sft import start_from_adapter
+
+    cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "sft_start_adapter": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="not a LoRA adapter"):
+        (tmp_path / "training.json").write_text('{"steps": 3}')
+        start_from_adapter(cfg, tmp_path / "work")
+    (tmp_path / "training.json").write_text("{}")
+    with pytest.raises(ValueError, match="no training steps"):
+        start_from_adapter(cfg, tmp_path / "work")

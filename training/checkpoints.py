@@ -2,12 +2,15 @@
 
 - `AtomicCheckpoints`: a Trainer mix-in whose `checkpoint-N` folders are staged, then renamed
   into the run folder, keeping the newest few;
-- `resume_point`: the newest complete checkpoint of a run.
+- `resume_point`: the newest complete checkpoint of a run;
+- `seed_checkpoint`: a run's first checkpoint made from a finished LoRA adapter, so that a
+  run continues a shipped policy's training instead of starting over.
 
 Finished policies (saving, publishing `latest`) are `crosearch_agent.policy_folders`'.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,6 +39,30 @@ def checkpoint_steps(run_dir: Path) -> list[tuple[int, Path]]:
 def resume_point(run_dir: Path) -> Path | None:
     steps = checkpoint_steps(run_dir)
     return steps[-1][1] if steps else None
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def seed_checkpoint(run_dir: Path, adapter: Path, step: int, batch_size: int) -> Path:
+    """`<run_dir>/checkpoint-<step>` holding `adapter`'s weights and a trainer state at `step`,
+    without optimizer, scheduler or random state: the trainer resumes from it with a fresh
+    optimizer (and its learning-rate warm-up), skipping the first `step` batches of the data
+    order it would have seen (`batch_size`: rows per forward pass, as the trainer records it)."""
+    missing = [f for f in ADAPTER_FILES if not (Path(adapter) / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder: it lacks {missing}")
+    staging = Path(run_dir) / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ADAPTER_FILES:
+        shutil.copy(Path(adapter) / name, staging / name)
+    (staging / "trainer_state.json").write_text(json.dumps({"global_step": step, "train_batch_size": batch_size,
+                                                                 "log_history": []}))
+    dest = Path(run_dir) / f"checkpoint-{step}"
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(staging, dest)
+    return dest
 
 
 class AtomicCheckpoints:

@@ -71,6 +71,11 @@ class TrainConfig:
     sft_max_length: int = option(2048, "warm-up rows longer than this many tokens are dropped")
     sft_epochs: float = option(0.0, "> 0: train this many passes over the rows (sft_steps is then ignored)")
     sft_save_steps: int = option(25, "resumable warm-up checkpoints every this many optimizer steps")
+    sft_start_adapter: str | None = option(None, "continue the training of this LoRA adapter (a folder; relative: in the "
+                                                 "repository, e.g. policies/NAME) instead of starting over: its weights and the steps its "
+                                                 "training.json records become the run's first checkpoint (the optimizer "
+                                                 "starts fresh); same data, seed and batch size, so the run goes on "
+                                                 "with the rows that adapter has not seen")
     # -- LoRA (peft) for the warm-up: a small adapter that can ship in the repo (policies/)
     lora_r: int = option(0, "LoRA rank; 0: full fine-tuning of the body")
     lora_alpha: int = option(64, "LoRA alpha")

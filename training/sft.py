@@ -244,7 +244,7 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     (work / "key.json").write_text(json.dumps(key, indent=2))
-    resume_from = resume_point(work)
+    resume_from = resume_point(work) or start_from_adapter(cfg, work, log)
     args = SFTConfig(
         output_dir=str(work), max_steps=-1 if cfg.sft_epochs > 0 else cfg.sft_steps,
         num_train_epochs=cfg.sft_epochs or 1, per_device_train_batch_size=cfg.sft_batch_size,
@@ -267,6 +267,7 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     info = {"kind": "warmup", "run": cfg.name, "base_policy": base, "steps": trainer.state.global_step, "data": stats,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "train_seconds": seconds, "rows_trained": trainer.state.global_step * cfg.sft_batch_size * cfg.sft_grad_accum,
+            "started_from": _start_note(cfg),
             "device": device_kind(cfg), "agent": agent_options(cfg), "commit": git_commit(),
             "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "layers": cfg.lora_layers} if cfg.lora_r else None}
     state = trainer.accelerator.get_state_dict(trainer.model)  # gathers ZeRO-3 shards (every process takes part)
@@ -288,7 +289,46 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
 # The number of steps is not one of them: a finished LoRA run rerun with more `sft_steps`
 # continues from its last checkpoint (the learning rate is constant after the warm-up steps).
 TRAINING_KEYS = ("base_policy", "sft_batch_size", "sft_grad_accum", "sft_learning_rate", "lora_r", "lora_alpha",
-                 "lora_layers", "freeze_embeddings")
+                 "lora_layers", "freeze_embeddings", "sft_start_adapter")
+
+
+def start_from_adapter(cfg: TrainConfig, work: Path, log=print) -> Path | None:
+    """With `sft_start_adapter`, the run's first checkpoint: that adapter at the step its
+    training.json records (its training seconds kept for the run's total)."""
+    from training.checkpoints import seed_checkpoint
+
+    if not cfg.sft_start_adapter:
+        return None
+    if not cfg.lora_r:
+        raise ValueError("sft_start_adapter continues a LoRA adapter: set lora_r > 0")
+    adapter = _start_adapter(cfg)
+    info = _read_json(adapter / "training.json") or {}
+    step = int(info.get("steps") or 0)
+    if step < 1:
+        raise ValueError(f"{adapter}/training.json records no training steps to continue from")
+    checkpoint = seed_checkpoint(work, adapter, step, cfg.sft_batch_size)
+    (work / "seconds.json").write_text(json.dumps({str(step): float(info.get("train_seconds") or 0.0)}))
+    log(f"warm-up: continuing {adapter} after its {step} steps ({info.get('rows_trained', '?')} rows)")
+    return checkpoint
+
+
+def _start_adapter(cfg: TrainConfig) -> Path:
+    """`sft_start_adapter` as a folder; a relative one is in the repository (`policies/NAME`)."""
+    from crosearch_agent.config import REPO_ROOT
+
+    return (REPO_ROOT / cfg.sft_start_adapter).resolve()
+
+
+def _start_note(cfg: TrainConfig) -> dict | None:
+    """What a continued run started from, for its training.json."""
+    if not cfg.sft_start_adapter:
+        return None
+    from crosearch_agent.config import portable
+
+    adapter = _start_adapter(cfg)
+    info = _read_json(adapter / "training.json") or {}
+    return portable({"adapter": str(adapter), "steps": info.get("steps"), "rows_trained": info.get("rows_trained"),
+                     "commit": info.get("commit")})
 
 
 def save_adapter(model, folder: Path, info: dict) -> Path:

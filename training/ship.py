@@ -42,6 +42,9 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
         f"{info.get('train_seconds')} s of training on {info.get('device')} "
         f"({info['train_seconds'] / max(info.get('rows_trained') or 1, 1):.1f} s per row).",
         *([f"- How the time was spent: {info['train_note']}"] if info.get("train_note") else []),
+        *([f"- Continued from the adapter `{start['adapter']}` after its {start['steps']} steps "
+           f"({start.get('rows_trained')} rows; trained at {start.get('commit')}), with a fresh optimizer: "
+           f"`--sft-start-adapter {start['adapter'].removeprefix('<repo>/')}`."] if (start := info.get("started_from")) else []),
         f"- Agent options it was trained with (served with them): `{json.dumps(info.get('agent'))}`.",
         f"- Reproduce: `python -m training.sft --config {config_name}` then "
         f"`python -m training.ship --config {config_name}`.",
