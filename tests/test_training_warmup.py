@@ -88,8 +88,10 @@ def test_a_warmup_continues_a_finished_adapter_after_its_steps(tiny_gemma, tmp_p
     cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu",
                                      "sft_start_adapter": str(adapter)})
     work = tmp_path / "work"
+    args = SFTConfig(output_dir=str(work), max_steps=4, per_device_train_batch_size=1, learning_rate=0.0,
+                     logging_steps=1, save_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
     lines = []
-    checkpoint = start_from_adapter(cfg, work, log=lines.append)
+    checkpoint = start_from_adapter(cfg, work, args, log=lines.append)
     assert checkpoint.name == "checkpoint-2" and "after its 2 steps" in lines[0]
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_gemma)
@@ -101,13 +103,14 @@ def test_a_warmup_continues_a_finished_adapter_after_its_steps(tiny_gemma, tmp_p
         def on_step_end(self, args, state, control, **kw):
             steps_run.append(state.global_step)
 
-    args = SFTConfig(output_dir=str(work), max_steps=3, per_device_train_batch_size=1, learning_rate=0.0,
-                     save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True)
     trainer = make_sft_trainer_class()(model=load_trainable(str(tiny_gemma), cfg), args=args,
                                        train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.add_callback(Count())
     trainer.train(resume_from_checkpoint=str(checkpoint))
-    assert steps_run == [3]  # steps 1-2 are the adapter's
+    assert steps_run == [3, 4]  # steps 1-2 are the adapter's
+    # the run's own logging and checkpoint intervals, not the trainer's defaults
+    assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [3, 4]
+    assert (work / "checkpoint-4").is_dir()
     trained = dict(trainer.model.named_parameters())
     assert all(torch.equal(trained[n].detach(), p) for n, p in expected.items())  # lr 0: still the adapter's
 
@@ -118,7 +121,7 @@ def test_continuing_needs_an_adapter_with_recorded_steps(tiny_gemma, tmp_path):
     cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "sft_start_adapter": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="not a LoRA adapter"):
         (tmp_path / "training.json").write_text('{"steps": 3}')
-        start_from_adapter(cfg, tmp_path / "work")
+        start_from_adapter(cfg, tmp_path / "work", None)
     (tmp_path / "training.json").write_text("{}")
     with pytest.raises(ValueError, match="no training steps"):
-        start_from_adapter(cfg, tmp_path / "work")
+        start_from_adapter(cfg, tmp_path / "work", None)

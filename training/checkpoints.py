@@ -10,7 +10,6 @@ Finished policies (saving, publishing `latest`) are `crosearch_agent.policy_fold
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -44,11 +43,14 @@ def resume_point(run_dir: Path) -> Path | None:
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def seed_checkpoint(run_dir: Path, adapter: Path, step: int, batch_size: int) -> Path:
+def seed_checkpoint(run_dir: Path, adapter: Path, step: int, args) -> Path:
     """`<run_dir>/checkpoint-<step>` holding `adapter`'s weights and a trainer state at `step`,
     without optimizer, scheduler or random state: the trainer resumes from it with a fresh
     optimizer (and its learning-rate warm-up), skipping the first `step` batches of the data
-    order it would have seen (`batch_size`: rows per forward pass, as the trainer records it)."""
+    order it would have seen. The trainer takes its batch size and logging and saving intervals
+    from a resumed state, so they come from its `args` (TrainingArguments)."""
+    from transformers import TrainerControl, TrainerState
+
     missing = [f for f in ADAPTER_FILES if not (Path(adapter) / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder: it lacks {missing}")
@@ -57,8 +59,9 @@ def seed_checkpoint(run_dir: Path, adapter: Path, step: int, batch_size: int) ->
     staging.mkdir(parents=True)
     for name in ADAPTER_FILES:
         shutil.copy(Path(adapter) / name, staging / name)
-    (staging / "trainer_state.json").write_text(json.dumps({"global_step": step, "train_batch_size": batch_size,
-                                                                 "log_history": []}))
+    state = TrainerState(global_step=step, train_batch_size=args.per_device_train_batch_size,
+                         logging_steps=args.logging_steps, save_steps=args.save_steps, stateful_callbacks=[TrainerControl()])
+    state.save_to_json(str(staging / "trainer_state.json"))
     dest = Path(run_dir) / f"checkpoint-{step}"
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(staging, dest)

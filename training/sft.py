@@ -244,7 +244,6 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     (work / "key.json").write_text(json.dumps(key, indent=2))
-    resume_from = resume_point(work) or start_from_adapter(cfg, work, log)
     args = SFTConfig(
         output_dir=str(work), max_steps=-1 if cfg.sft_epochs > 0 else cfg.sft_steps,
         num_train_epochs=cfg.sft_epochs or 1, per_device_train_batch_size=cfg.sft_batch_size,
@@ -254,6 +253,7 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
         report_to="none", seed=cfg.seed, max_length=cfg.sft_max_length, disable_tqdm=True,
         gradient_checkpointing=cfg.gradient_checkpointing, dataset_num_proc=None,
         **trainer_device_args(cfg))
+    resume_from = resume_point(work) or start_from_adapter(cfg, work, args, log)
     trainer = make_sft_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                        processing_class=tokenizer)
     trainer.add_callback(progress_callback(log, cfg.sft_batch_size * cfg.sft_grad_accum))
@@ -292,9 +292,10 @@ TRAINING_KEYS = ("base_policy", "sft_batch_size", "sft_grad_accum", "sft_learnin
                  "lora_layers", "freeze_embeddings", "sft_start_adapter")
 
 
-def start_from_adapter(cfg: TrainConfig, work: Path, log=print) -> Path | None:
+def start_from_adapter(cfg: TrainConfig, work: Path, args, log=print) -> Path | None:
     """With `sft_start_adapter`, the run's first checkpoint: that adapter at the step its
-    training.json records (its training seconds kept for the run's total)."""
+    training.json records (its training seconds kept for the run's total); `args`: the
+    trainer's arguments."""
     from training.checkpoints import seed_checkpoint
 
     if not cfg.sft_start_adapter:
@@ -306,7 +307,7 @@ def start_from_adapter(cfg: TrainConfig, work: Path, log=print) -> Path | None:
     step = int(info.get("steps") or 0)
     if step < 1:
         raise ValueError(f"{adapter}/training.json records no training steps to continue from")
-    checkpoint = seed_checkpoint(work, adapter, step, cfg.sft_batch_size)
+    checkpoint = seed_checkpoint(work, adapter, step, args)
     (work / "seconds.json").write_text(json.dumps({str(step): float(info.get("train_seconds") or 0.0)}))
     log(f"warm-up: continuing {adapter} after its {step} steps ({info.get('rows_trained', '?')} rows)")
     return checkpoint
