@@ -329,7 +329,7 @@ def _start_note(cfg: TrainConfig) -> dict | None:
     adapter = _start_adapter(cfg)
     info = _read_json(adapter / "training.json") or {}
     return portable({"adapter": str(adapter), "steps": info.get("steps"), "rows_trained": info.get("rows_trained"),
-                     "commit": info.get("commit")})
+                     "train_seconds": info.get("train_seconds"), "commit": info.get("commit")})
 
 
 def save_adapter(model, folder: Path, info: dict) -> Path:

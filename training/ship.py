@@ -25,6 +25,15 @@ FILES = ("adapter_model.safetensors", "adapter_config.json", "training.json")
 MAX_BYTES = 48 * 2**20
 
 
+def continued_seconds(info: dict) -> str:
+    """How the training time of a continued run splits between the adapter it started from and
+    itself (the two may have run on different machines)."""
+    earlier = (info.get("started_from") or {}).get("train_seconds")
+    if earlier is None:
+        return ""
+    return f", {earlier:.0f} s of the training time above; this run {info['train_seconds'] - earlier:.0f} s"
+
+
 def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> str:
     data, lora = info.get("data", {}), info.get("lora") or {}
     lines = [
@@ -43,7 +52,8 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
         f"({info['train_seconds'] / max(info.get('rows_trained') or 1, 1):.1f} s per row).",
         *([f"- How the time was spent: {info['train_note']}"] if info.get("train_note") else []),
         *([f"- Continued from the adapter `{start['adapter']}` after its {start['steps']} steps "
-           f"({start.get('rows_trained')} rows; trained at {start.get('commit')}), with a fresh optimizer: "
+           f"({start.get('rows_trained')} rows{continued_seconds(info)}; trained at {start.get('commit')}), "
+           f"with a fresh optimizer: "
            f"`--sft-start-adapter {start['adapter'].removeprefix('<repo>/')}`."] if (start := info.get("started_from")) else []),
         f"- Agent options it was trained with (served with them): `{json.dumps(info.get('agent'))}`.",
         f"- Reproduce: `python -m training.sft --config {config_name}` then "

@@ -1,0 +1,51 @@
+"""`training.ship`: a run's LoRA adapter goes under `policies/` with a model card and sha256
+sums, names no machine folder, and is refused when it is over the repository's size limit."""
+import json
+
+import pytest
+
+from crosearch_agent.bundled import SUMS
+from crosearch_agent.store import sha256_file
+from training.config import load_config
+from training.ship import MAX_BYTES, model_card, ship
+
+
+def _run_adapter(cfg, size=1000, **info):
+    adapter = cfg.run_dir / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * size)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": str(cfg.run_dir)}))
+    (adapter / "training.json").write_text(json.dumps({"steps": 40, "rows_trained": 320, "train_seconds": 1000.0,
+                                                       "base_policy": str(cfg.run_dir / "base"), **info}))
+    return adapter
+
+
+def test_the_shipped_folder_has_its_card_sums_and_no_machine_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSEARCH_HOME", str(tmp_path / "home"))
+    cfg = load_config("cpu-reader")
+    _run_adapter(cfg, started_from={"adapter": "<repo>/policies/old", "steps": 10, "rows_trained": 80,
+                                    "train_seconds": 400.0, "commit": "abc"})
+    dest = ship(cfg, "cpu-reader", root=tmp_path / "policies", name="reader")
+    card = (dest / "README.md").read_text()
+    assert "Continued from the adapter `<repo>/policies/old` after its 10 steps" in card
+    assert "400 s of the training time above; this run 600 s" in card
+    assert "--sft-start-adapter policies/old" in card
+    for f in ("adapter_config.json", "training.json"):
+        assert str(tmp_path) not in (dest / f).read_text()
+    sums = dict(line.split()[::-1] for line in (dest / SUMS).read_text().splitlines())
+    assert sums == {f: sha256_file(dest / f) for f in ("adapter_model.safetensors", "adapter_config.json",
+                                                       "training.json", "README.md")}
+
+
+def test_an_adapter_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSEARCH_HOME", str(tmp_path / "home"))
+    cfg = load_config("cpu-reader")
+    _run_adapter(cfg, size=MAX_BYTES + 1)
+    with pytest.raises(ValueError, match="ships at most 48 MB"):
+        ship(cfg, "cpu-reader", root=tmp_path / "policies", name="reader")
+    assert not (tmp_path / "policies" / "reader").exists()
+
+
+def test_a_card_from_scratch_says_nothing_of_a_start():
+    card = model_card("reader", {"train_seconds": 10.0, "rows_trained": 8}, "cpu-reader", None)
+    assert "Continued from" not in card and "1.2 s per row" in card
