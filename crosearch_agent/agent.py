@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from crosearch_agent import prompts
-from crosearch_agent.evidence import Evidence, Searcher, not_searched
+from crosearch_agent.evidence import Evidence, Searcher, not_searched, unseen
 from crosearch_agent.languages import NAMES as lang_names, detect, name as lang_name
 from crosearch_agent.policy import Generation, PolicyError, Sampling
 
@@ -292,8 +292,11 @@ class Trajectory:
         try:
             if agent.method == "concat_rag":
                 items = agent.retriever.concat(query, langs, agent.settings.k)
-            else:
+            elif agent.settings.repeat_evidence or not (shown := self.shown_passages()):
                 items = agent.retriever.search(query, langs, agent.settings.k, query_lang=self.lang)
+            else:
+                items = unseen(agent.retriever.search(query, langs, agent.settings.k + len(shown), query_lang=self.lang),
+                               shown, agent.settings.k)
         except Exception as err:  # a broken index must not take the conversation down
             return self.fail(f"Search failed: {err}")
         self.emit(EvidenceStep("evidence", duration_s=time.perf_counter() - t, items=items, turn=self.turn,
@@ -305,6 +308,11 @@ class Trajectory:
         self.record.environment(information if by_policy else turn + information)
         if self.searches >= agent.settings.max_turns:
             self.must_answer = True
+
+    def shown_passages(self) -> set[str]:
+        """Ids of every passage in the evidence of this trajectory's earlier searches."""
+        return {h.passage.id for step in self.steps if isinstance(step, EvidenceStep) for e in step.items
+                for h in e.members}
 
     # -- the policy's turn
     def prompt(self) -> str:

@@ -70,6 +70,16 @@ def not_searched(items) -> dict[str, str]:
     return dict(getattr(items, "missing", None) or {})
 
 
+def unseen(items, shown: set[str], k: int) -> EvidenceList:
+    """The first `k` items none of whose passages (ids) is in `shown`, ranked anew: a later
+    search of one conversation brings new evidence, not what an earlier one showed again (an
+    aligned item holding a shown passage is the same content in other words)."""
+    kept = [e for e in items if not any(h.passage.id in shown for h in e.members)][:k]
+    for rank, item in enumerate(kept, 1):
+        item.rank = rank
+    return EvidenceList(kept, not_searched(items))
+
+
 @runtime_checkable
 class Searcher(Protocol):
     """What the agent needs of a retriever (the eval's oracle answers `search` alone: its

@@ -90,7 +90,8 @@ def describe_policy(folder: str | Path) -> str:
 
 # What a trained policy's prompts looked like (training.json "agent"); other options (the
 # collection, temperature, backend) stay the caller's.
-TRAINED_OPTIONS = ("k", "max_turns", "max_new_tokens", "few_shot", "force_first_search", "force_global_search")
+TRAINED_OPTIONS = ("k", "max_turns", "max_new_tokens", "few_shot", "force_first_search", "force_global_search",
+                   "repeat_evidence")
 
 
 def adopt_trained_options(settings, exclude=()) -> dict:

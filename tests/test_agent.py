@@ -275,3 +275,35 @@ def test_a_question_answered_at_once_records_its_prompt_as_served():
     result = Agent(backend, None, Settings(few_shot=0), "closed_book").answer("What is six times seven?", "en")
     assert result.answer == "42" and result.record.text() == backend.prompts[0] + "42</answer>"
     assert result.record.prompt.endswith("<answer>")
+
+
+class _Repeating:
+    """Every search finds the German paragraph A first; a global search finds it aligned with
+    its English translation, then paragraph B in English and C in Chinese."""
+    languages = ["de", "en", "zh"]
+
+    def search(self, query, languages=None, k=5, query_lang=None):
+        from crosearch_agent.evidence import Evidence, Hit
+        from crosearch_agent.store import Passage
+
+        def hit(pid, lang, rank):
+            return Hit(Passage(f"t/{lang}/{pid}", lang, pid, f"paragraph {pid} in {lang}", pid), 0.9, rank)
+
+        if languages == ["de"]:
+            return [Evidence(1, 1.0, [hit("A", "de", 1)])][:k]
+        items = [Evidence(1, 3.0, [hit("A", "de", 1), hit("A", "en", 1)]), Evidence(2, 2.0, [hit("B", "en", 2)]),
+                 Evidence(3, 1.0, [hit("C", "zh", 1)])]
+        return items[:k]
+
+
+@pytest.mark.parametrize("repeat, expected", [(False, [["t/de/A"], ["t/en/B", "t/zh/C"]]),
+                                              (True, [["t/de/A"], ["t/de/A", "t/en/B"]])])
+def test_a_later_search_brings_only_evidence_not_shown_before(repeat, expected):
+    """The global search after the local one skips the paragraph the local one showed, in any
+    language it was aligned with (`--repeat-evidence true` shows it again)."""
+    agent = Agent(_Scripted(("<think>Doc 1 says B.</think>\n<answer>B", "stop", prompts.STOP_ANSWER)), _Repeating(),
+                  Settings(few_shot=0, k=2, max_turns=2, repeat_evidence=repeat))
+    result = agent.run_batch(["Welcher Absatz?"], ["de"])[0]
+    shown = [[item.members[0].passage.id for item in s.items] for s in result.steps if isinstance(s, EvidenceStep)]
+    assert shown == expected
+    assert [[item.rank for item in s.items] for s in result.steps if isinstance(s, EvidenceStep)][1] == [1, 2]

@@ -34,7 +34,8 @@ def test_policy_tokens_are_masked_in_and_everything_inserted_is_masked_out(token
     assert [ids for m, ids in runs if m == POLICY] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in turns]
     env = [tokenizer.decode(ids) for m, ids in runs if m == ENV]
     assert env[0].startswith("I need to search for this.</think>\n<search>") and "<information>" in env[0]
-    assert env[1].startswith("\n<information>") and "Doc 1 [German (de)]" in env[1]
+    assert env[1].startswith("\n<information>") and "Doc 1 [English (en)]" in env[1]
+    assert "German" not in env[1]  # the local search showed the German passage: the global one brings new ones
     for m, ids in runs:  # retrieved text, injection attempt included, is never a policy token
         if m == POLICY:
             assert "<information>" not in tokenizer.decode(ids) and "HACKED" not in tokenizer.decode(ids)
