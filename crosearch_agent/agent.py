@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from crosearch_agent import prompts
-from crosearch_agent.evidence import Evidence, Searcher, not_searched, unseen
+from crosearch_agent.evidence import MAX_K, Evidence, Searcher, not_searched, unseen
 from crosearch_agent.languages import NAMES as lang_names, detect, name as lang_name
 from crosearch_agent.policy import Generation, PolicyError, Sampling
 
@@ -294,9 +294,9 @@ class Trajectory:
                 items = agent.retriever.concat(query, langs, agent.settings.k)
             elif agent.settings.repeat_evidence or not (shown := self.shown_passages()):
                 items = agent.retriever.search(query, langs, agent.settings.k, query_lang=self.lang)
-            else:
-                items = unseen(agent.retriever.search(query, langs, agent.settings.k + len(shown), query_lang=self.lang),
-                               shown, agent.settings.k)
+            else:  # as many more as items were shown: each can take the place of one new item
+                wanted = min(agent.settings.k + self.shown_items(), max(agent.settings.k, MAX_K))
+                items = unseen(agent.retriever.search(query, langs, wanted, query_lang=self.lang), shown, agent.settings.k)
         except Exception as err:  # a broken index must not take the conversation down
             return self.fail(f"Search failed: {err}")
         self.emit(EvidenceStep("evidence", duration_s=time.perf_counter() - t, items=items, turn=self.turn,
@@ -313,6 +313,9 @@ class Trajectory:
         """Ids of every passage in the evidence of this trajectory's earlier searches."""
         return {h.passage.id for step in self.steps if isinstance(step, EvidenceStep) for e in step.items
                 for h in e.members}
+
+    def shown_items(self) -> int:
+        return sum(len(step.items) for step in self.steps if isinstance(step, EvidenceStep))
 
     # -- the policy's turn
     def prompt(self) -> str:

@@ -70,6 +70,10 @@ def not_searched(items) -> dict[str, str]:
     return dict(getattr(items, "missing", None) or {})
 
 
+# The most items one search may ask for (the retrieval service's limit too).
+MAX_K = 50
+
+
 def unseen(items, shown: set[str], k: int) -> EvidenceList:
     """The first `k` items none of whose passages (ids) is in `shown`, ranked anew: a later
     search of one conversation brings new evidence, not what an earlier one showed again (an

@@ -28,9 +28,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from crosearch_agent.config import Settings
+from crosearch_agent.evidence import MAX_K
 
 MAX_QUERY_CHARS = 2000     # the agent's own question limit
-MAX_K = 50
 MAX_BATCH = 64
 MAX_LANGUAGES = 64         # more entries than any collection has languages is a malformed request
 MAX_BODY_BYTES = 4 << 20   # the largest valid batch is ~1.5 MB (64 x 2,000 characters, each a 12-byte JSON escape)
