@@ -112,6 +112,15 @@ def test_the_teacher_answers_from_evidence_or_searches_globally(tokenizer, share
     labelled = tokenizer.decode([t for t in row["labels"] if t != -100])
     assert labelled == r.stream.turns[0] and "<information>" not in labelled
     assert len(row["labels"]) == len(row["input_ids"])
+    # With both searches forced, the local search's gold is not shown again by the global one:
+    # the teacher still answers from it.
+    only_zh = Example("xquad/q/zh", "xquad/q", "xquad", "c", "zh", "Super_Bowl_50", 0,
+                      {"zh": ex.variant("zh"), "de": Variant("de", "Wer?", ("nicht da",))})
+    agent = Agent(None, FixedEvidence(), Settings(few_shot=0, max_turns=2, force_global_search=True))
+    teacher = TeacherTurns(tokenizer, {(ex.variant("zh").question, "zh"): (only_zh, "zh")})
+    [r] = run_rollouts(agent, teacher, [ex.variant("zh").question], ["zh"])
+    assert r.searches == 2 and teacher.supported[(ex.variant("zh").question, "zh")]
+    assert r.stream.turns[0].startswith("Doc 1 says: 丹佛野马队.") and r.answer == "丹佛野马队"
 
 
 def test_the_warm_up_drops_trajectories_whose_turns_outgrow_the_serving_budget(tokenizer):

@@ -5,7 +5,7 @@ complete trajectories built with the real retriever: the agent loop runs as it d
 serving (forced first search, real `<information>` from the indexes, the same prompt
 builder), and a scripted teacher plays the policy, knowing the gold answers:
 
-- a document in the latest `<information>` holds the gold (in its own language): think
+- a document of an `<information>` (the newest first) holds the gold (in its own language): think
   "Doc N (is in X and) says: ...", then answer in the question's language;
 - none does and another search is allowed: say so and search again, which the agent turns
   into a global search over every language (the cross-lingual case);
@@ -83,9 +83,10 @@ class TeacherTurns(TurnRecorder):
 
     def turn(self, trajectory) -> str:
         example, lang = self.examples[(trajectory.question, trajectory.lang)]
+        # The newest evidence first: the searches the agent forces come before the first policy
+        # turn, and without repeats the local search's gold is not in the global search's.
         evidence = [s for s in trajectory.steps if s.kind == "evidence"]
-        items = evidence[-1].items if evidence else []
-        hit = find_gold(items, lang, example.golds_by_lang)
+        hit = next((h for step in reversed(evidence) if (h := find_gold(step.items, lang, example.golds_by_lang))), None)
         opening = trajectory.record.opening  # how the prompt opened the turn: `<think>`, or a prefilled opening
         can_search = (opening == prompts.THINK_OPEN and not trajectory.must_answer
                       and trajectory.searches < trajectory.agent.settings.max_turns)
