@@ -125,3 +125,13 @@ def test_continuing_needs_an_adapter_with_recorded_steps(tiny_gemma, tmp_path):
     (tmp_path / "training.json").write_text("{}")
     with pytest.raises(ValueError, match="no training steps"):
         start_from_adapter(cfg, tmp_path / "work", None)
+
+
+def test_the_warmup_loss_curve_is_drawn_from_the_trainers_log(tmp_path):
+    from training.logs import plot_warmup_loss
+
+    history = [{"step": s, "loss": 2.0 / s, "learning_rate": 1e-4} for s in range(1, 31)] + [{"train_runtime": 9.0}]
+    assert plot_warmup_loss(history, tmp_path / "loss.png", "a run") == 30
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_warmup_loss([{"train_runtime": 9.0}], tmp_path / "none.png") == 0
+    assert not (tmp_path / "none.png").exists()

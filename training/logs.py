@@ -1,5 +1,6 @@
 """Per-step training logs: one CSV row per GRPO step (each reward component, KL, loss, format-
-valid rate, mean searches, share of cross-lingual searches, step time) and a PNG of the curves."""
+valid rate, mean searches, share of cross-lingual searches, step time) and a PNG of the curves;
+the warm-up's loss curve."""
 from __future__ import annotations
 
 import csv
@@ -103,3 +104,34 @@ class StepLogger(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kw):
         self.on_save(args, state, control)
+
+
+def plot_warmup_loss(history: list[dict], path: Path, title: str = "", window: int = 10) -> int:
+    """The warm-up's loss per optimizer step (a trainer's `log_history`) and its running mean
+    over `window` steps, as a PNG; returns the number of steps drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    if not points:
+        return 0
+    steps, losses = zip(*points)
+    mean = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+            for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+    ax.plot(steps, mean, lw=2, label=f"mean of {window} steps")
+    ax.set_xlabel("warm-up step")
+    ax.set_ylabel("loss on teacher tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return len(points)

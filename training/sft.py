@@ -229,6 +229,7 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     from crosearch_agent.policy_folders import save_policy
     from training.checkpoints import resume_point
     from training.config import device_kind, trainer_device_args
+    from training.logs import plot_warmup_loss
 
     t0 = time.perf_counter()
     base = resolve_policy(cfg.base_policy)
@@ -278,6 +279,8 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
             save_adapter(trained, cfg.run_dir / "adapter", info)
             trained, state = trained.merge_and_unload(), None
         save_policy(trained, tokenizer, cfg.warmup_dir, info, source=base, state_dict=state)
+        plot_warmup_loss(trainer.state.log_history, cfg.run_dir / "warmup-loss.png",
+                         f"{cfg.name}: warm-up of {Path(base).name}")
     trainer.accelerator.wait_for_everyone()  # GRPO, on every process, starts from this folder
     log(f"warm-up done in {time.perf_counter() - t0:.0f} s (loss {info['loss_first']} -> {info['loss_last']}); "
         f"saved {cfg.warmup_dir}")
