@@ -226,7 +226,7 @@ class Settings:
     max_turns: int = option(3, "most search turns before the policy must answer")
     force_first_search: bool = option(True, "start with the user's question as the first search (base models rarely search unprompted)")
     force_global_search: bool = option(True, "after the forced local search, also search every language with the question (base models rarely search twice)")
-    repeat_evidence: bool = option(False, "let a later search show again what an earlier search of the same question showed (default: only new evidence; a passage, or the same content aligned in another language, is shown once)")
+    repeat_evidence: bool = option(True, "let a later search show again what an earlier search of the same question showed; false: only new evidence (an item holding a passage shown before, in any language it is aligned with, is skipped), which also drops the translations that let sources be compared")
     temperature: float = option(0.0, "sampling temperature of the policy (0: greedy)")
     max_new_tokens: int = option(128, "most tokens the policy may write per turn")
     few_shot: int = option(3, "worked examples in the prompt (XQuAD train split), 0 for none")

@@ -34,8 +34,7 @@ def test_policy_tokens_are_masked_in_and_everything_inserted_is_masked_out(token
     assert [ids for m, ids in runs if m == POLICY] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in turns]
     env = [tokenizer.decode(ids) for m, ids in runs if m == ENV]
     assert env[0].startswith("I need to search for this.</think>\n<search>") and "<information>" in env[0]
-    assert env[1].startswith("\n<information>") and "Doc 1 [English (en)]" in env[1]
-    assert "German" not in env[1]  # the local search showed the German passage: the global one brings new ones
+    assert env[1].startswith("\n<information>") and "Doc 1 [German (de)]" in env[1]
     for m, ids in runs:  # retrieved text, injection attempt included, is never a policy token
         if m == POLICY:
             assert "<information>" not in tokenizer.decode(ids) and "HACKED" not in tokenizer.decode(ids)
@@ -112,11 +111,12 @@ def test_the_teacher_answers_from_evidence_or_searches_globally(tokenizer, share
     labelled = tokenizer.decode([t for t in row["labels"] if t != -100])
     assert labelled == r.stream.turns[0] and "<information>" not in labelled
     assert len(row["labels"]) == len(row["input_ids"])
-    # With both searches forced, the local search's gold is not shown again by the global one:
-    # the teacher still answers from it.
+    # With both searches forced and no repeats, the local search's gold is not shown again by
+    # the global one: the teacher still answers from it.
     only_zh = Example("xquad/q/zh", "xquad/q", "xquad", "c", "zh", "Super_Bowl_50", 0,
                       {"zh": ex.variant("zh"), "de": Variant("de", "Wer?", ("nicht da",))})
-    agent = Agent(None, FixedEvidence(), Settings(few_shot=0, max_turns=2, force_global_search=True))
+    agent = Agent(None, FixedEvidence(), Settings(few_shot=0, max_turns=2, force_global_search=True,
+                                                  repeat_evidence=False))
     teacher = TeacherTurns(tokenizer, {(ex.variant("zh").question, "zh"): (only_zh, "zh")})
     [r] = run_rollouts(agent, teacher, [ex.variant("zh").question], ["zh"])
     assert r.searches == 2 and teacher.supported[(ex.variant("zh").question, "zh")]
