@@ -135,3 +135,12 @@ def test_the_warmup_loss_curve_is_drawn_from_the_trainers_log(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_warmup_loss([{"train_runtime": 9.0}], tmp_path / "none.png") == 0
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_runs_loss_is_summed_up_by_the_means_of_its_first_and_last_steps():
+    from training.sft import loss_ends
+
+    history = [{"step": s, "loss": float(s)} for s in range(1, 26)] + [{"train_runtime": 3.0}]
+    assert loss_ends(history) == {"loss_first": 5.5, "loss_last": 20.5}
+    assert loss_ends([{"step": 1, "loss": 0.5}]) == {"loss_first": 0.5, "loss_last": 0.5}
+    assert loss_ends([]) == {"loss_first": None, "loss_last": None}

@@ -264,10 +264,9 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     if resume_from:
         log(f"warm-up: resuming from {resume_from} ({clock.earlier:.0f} s of training before it)")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     seconds = clock.earlier + (result.metrics.get("train_runtime") or 0.0)  # every run that led here
     info = {"kind": "warmup", "run": cfg.name, "base_policy": base, "steps": trainer.state.global_step, "data": stats,
-            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            **loss_ends(trainer.state.log_history),
             "train_seconds": seconds, "rows_trained": trainer.state.global_step * cfg.sft_batch_size * cfg.sft_grad_accum,
             "started_from": _start_note(cfg),
             "device": device_kind(cfg), "agent": agent_options(cfg), "commit": git_commit(),
@@ -287,6 +286,16 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     if not cfg.lora_r:  # a full model's optimizer state is GBs; a LoRA run keeps its last checkpoint to extend
         shutil.rmtree(work, ignore_errors=True)
     return cfg.warmup_dir
+
+
+def loss_ends(history: list[dict], window: int = 10) -> dict:
+    """The mean loss of the first and of the last `window` logged steps (one step's loss, on 8
+    rows, swings between 0.1 and 0.9): `loss_first`, `loss_last`."""
+    losses = [h["loss"] for h in history if "loss" in h]
+    if not losses:
+        return {"loss_first": None, "loss_last": None}
+    return {"loss_first": round(sum(losses[:window]) / len(losses[:window]), 4),
+            "loss_last": round(sum(losses[-window:]) / len(losses[-window:]), 4)}
 
 
 # Settings that change what the trainer's checkpoints mean (a change starts the training over).
