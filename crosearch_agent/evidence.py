@@ -74,14 +74,20 @@ def not_searched(items) -> dict[str, str]:
 MAX_K = 50
 
 
-def unseen(items, shown: set[str], k: int) -> EvidenceList:
-    """The first `k` items none of whose passages (ids) is in `shown`, ranked anew: a later
-    search of one conversation brings new evidence, not what an earlier one showed again (an
-    aligned item holding a shown passage is the same content in other words)."""
-    kept = [e for e in items if not any(h.passage.id in shown for h in e.members)][:k]
+def without(items, drop, k: int) -> EvidenceList:
+    """The first `k` items none of whose passages `drop(passage)` is true for, ranked anew; the
+    languages a retrieval service could not search stay named."""
+    kept = [e for e in items if not any(drop(h.passage) for h in e.members)][:k]
     for rank, item in enumerate(kept, 1):
         item.rank = rank
     return EvidenceList(kept, not_searched(items))
+
+
+def unseen(items, shown: set[str], k: int) -> EvidenceList:
+    """The first `k` items none of whose passages (ids) is in `shown`: a later search of one
+    conversation brings new evidence, not what an earlier one showed again (an aligned item
+    holding a shown passage is the same content in other words)."""
+    return without(items, lambda passage: passage.id in shown, k)
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from crosearch_agent import qa_data
 from crosearch_agent.config import uses_services
-from crosearch_agent.evidence import EvidenceList, not_searched
+from crosearch_agent.evidence import without
 from crosearch_agent.languages import XQUAD_LANGS
 
 if TYPE_CHECKING:
@@ -147,11 +147,7 @@ class TrainOnlyRetriever:
         return self.inner.embedder
 
     def search(self, query: str, languages=None, k: int = 5, query_lang: str | None = None):
-        items = self.inner.search(query, languages, k + self.extra, query_lang)
-        kept = [e for e in items if not any(heldout_passage(h.passage) for h in e.members)][:k]
-        for rank, item in enumerate(kept, 1):
-            item.rank = rank
-        return EvidenceList(kept, not_searched(items))  # languages a retrieval service could not search stay named
+        return without(self.inner.search(query, languages, k + self.extra, query_lang), heldout_passage, k)
 
 
 # ---------------------------------------------------------------- multilingual groups
