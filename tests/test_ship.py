@@ -49,3 +49,12 @@ def test_an_adapter_over_the_size_limit_is_refused(tmp_path, monkeypatch):
 def test_a_card_from_scratch_says_nothing_of_a_start():
     card = model_card("reader", {"train_seconds": 10.0, "rows_trained": 8}, "cpu-reader", None)
     assert "Continued from" not in card and "1.2 s per row" in card
+
+
+def test_a_card_names_the_adapted_layers():
+    info = {"train_seconds": 600.0, "rows_trained": 14880}
+    top = model_card("reader", {**info, "lora": {"r": 32, "alpha": 64, "layers": 9}}, "cpu-reader", None)
+    every = model_card("reader", {**info, "lora": {"r": 32, "alpha": 64, "layers": 0}}, "gpu-reader", None)
+    assert "the top 9 decoder layers" in top
+    assert "every decoder layer" in every and "top 0" not in every
+    assert "0.04 s per row" in every  # a GPU's fraction of a second is not rounded to 0.0

@@ -46,10 +46,11 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
         f"(XQuAD train articles in all 12 languages, TyDi GoldP train en/ko/sw), {data.get('supported')} whose "
         f"evidence held the answer, {data.get('rows')} rows; {info.get('rows_trained')} rows trained "
         f"({info.get('steps')} optimizer steps).",
-        f"- LoRA r {lora.get('r')}, alpha {lora.get('alpha')}, on all linear layers of the top {lora.get('layers')} "
-        f"decoder layers; loss (mean of the first / last 10 steps) {info.get('loss_first')} -> {info.get('loss_last')}; "
+        f"- LoRA r {lora.get('r')}, alpha {lora.get('alpha')}, on all linear layers of "
+        f"{'the top %s decoder layers' % lora['layers'] if lora.get('layers') else 'every decoder layer'}; "
+        f"loss (mean of the first / last 10 steps) {info.get('loss_first')} -> {info.get('loss_last')}; "
         f"{info.get('train_seconds')} s of training on {info.get('device')} "
-        f"({info['train_seconds'] / max(info.get('rows_trained') or 1, 1):.1f} s per row).",
+        f"({info['train_seconds'] / max(info.get('rows_trained') or 1, 1):.2g} s per row).",
         *([f"- How the time was spent: {info['train_note']}"] if info.get("train_note") else []),
         *([f"- Continued from the adapter `{start['adapter']}` after its {start['steps']} steps "
            f"({start.get('rows_trained')} rows{continued_seconds(info)}; trained at {start.get('commit')}), "
