@@ -7,7 +7,7 @@ import pytest
 from crosearch_agent.bundled import SUMS
 from crosearch_agent.store import sha256_file
 from training.config import load_config
-from training.ship import MAX_BYTES, model_card, ship
+from training.ship import MAX_BYTES, main, model_card, ship
 
 
 def _run_adapter(cfg, size=1000, **info):
@@ -58,3 +58,10 @@ def test_a_card_names_the_adapted_layers():
     assert "the top 9 decoder layers" in top
     assert "every decoder layer" in every and "top 0" not in every
     assert "0.04 s per row" in every  # a GPU's fraction of a second is not rounded to 0.0
+
+
+def test_the_command_line_parses(capsys):
+    # Its own flags must not clash with the training config's (--name is the run's name).
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "--policy-name" in capsys.readouterr().out

@@ -127,6 +127,19 @@ def test_continuing_needs_an_adapter_with_recorded_steps(tiny_gemma, tmp_path):
         start_from_adapter(cfg, tmp_path / "work", None)
 
 
+def test_continuing_refuses_an_adapter_of_another_lora_shape(tiny_gemma, tmp_path):
+    from training.sft import save_adapter, start_from_adapter
+
+    top = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu"})
+    adapter = save_adapter(load_trainable(str(tiny_gemma), top), tmp_path / "adapter", {"steps": 2, "run": "tiny"})
+    every = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 0, "device": "cpu",
+                                       "sft_start_adapter": str(adapter)})
+    with pytest.raises(ValueError, match="r 4, alpha 64 on 1 layers .its run's config: tiny.; this config trains "
+                                         "r 4, alpha 64 on all layers"):
+        start_from_adapter(every, tmp_path / "work", None)
+    assert not (tmp_path / "work").exists()
+
+
 def test_the_warmup_loss_curve_is_drawn_from_the_trainers_log(tmp_path):
     from training.logs import plot_warmup_loss
 

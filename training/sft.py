@@ -320,10 +320,27 @@ def start_from_adapter(cfg: TrainConfig, work: Path, args, log=print) -> Path | 
     step = int(info.get("steps") or 0)
     if step < 1:
         raise ValueError(f"{adapter}/training.json records no training steps to continue from")
+    _check_lora_shape(cfg, adapter, info)
     checkpoint = seed_checkpoint(work, adapter, step, args)
     (work / "seconds.json").write_text(json.dumps({str(step): float(info.get("train_seconds") or 0.0)}))
     log(f"warm-up: continuing {adapter} after its {step} steps ({info.get('rows_trained', '?')} rows)")
     return checkpoint
+
+
+def _check_lora_shape(cfg: TrainConfig, adapter: Path, info: dict) -> None:
+    """Refuse to continue an adapter of another rank, alpha or set of layers than the config's:
+    the trainer would load only the weights whose names match, or fail deep inside peft."""
+    saved = _read_json(adapter / "adapter_config.json")
+    if saved is None:
+        return  # not an adapter folder at all: seed_checkpoint names the missing files
+    layers = saved.get("layers_to_transform")
+    shape = (saved.get("r"), saved.get("lora_alpha"), len(layers) if layers else 0)
+    wanted = (cfg.lora_r, cfg.lora_alpha, cfg.lora_layers)
+    if shape != wanted:
+        run = f" (its run's config: {info['run']})" if info.get("run") else ""
+        raise ValueError(f"{adapter} is a LoRA of r {shape[0]}, alpha {shape[1]} on {shape[2] or 'all'} layers{run}; "
+                         f"this config trains r {wanted[0]}, alpha {wanted[1]} on {wanted[2] or 'all'} layers: "
+                         "continue it with the config it was trained with")
 
 
 def _start_adapter(cfg: TrainConfig) -> Path:

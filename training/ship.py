@@ -97,12 +97,13 @@ def ship(cfg: TrainConfig, config: str, eval_dir: str | None = None, name: str =
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.ship", description=__doc__.splitlines()[0])
     parser.add_argument("--eval", default=None, help="an eval folder whose results.md goes into the model card")
-    parser.add_argument("--name", default=SHIPPED_POLICY, help="folder name under policies/")
+    parser.add_argument("--policy-name", default=SHIPPED_POLICY,
+                        help="folder name under policies/ (--name is the training run's)")
     args, cfg = config_from_command_line(parser, argv, default=None)
     if cfg is None:
         return 2
     try:
-        dest = ship(cfg, args.config, args.eval, args.name)
+        dest = ship(cfg, args.config, args.eval, args.policy_name)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
