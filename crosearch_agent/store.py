@@ -247,11 +247,12 @@ def load_collection(folder: Path, embedder_id: str | None = None, languages=None
     always come from one folder (never old vectors with new passages).
     """
     folder = Path(folder)
-    for _ in range(3):
+    for attempt in range(5):
+        if attempt:
+            time.sleep(0.02 * attempt)  # let a burst of swaps settle before reading again
         before = _identity(folder)
         if before is None and any(p.name.startswith(f".{folder.name}.old-") for p in _siblings(folder)):
-            time.sleep(0.05)  # between the two renames of a swap: the new folder is a moment away
-            continue
+            continue  # between the two renames of a swap: the new folder is a moment away
         try:
             collection = _load_once(folder, embedder_id, languages, verify, nprobe, rerank)
         except StoreError:
