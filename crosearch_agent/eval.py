@@ -6,7 +6,9 @@ c3R, EM-any, answer language, format validity, searches, latency, and whether th
 paragraph was among the evidence shown). Questions go through the backend in batches, turn by turn.
 
 `--task retrieval` asks, for every question of a split, whether the gold paragraph (in
-any language) is among the top k evidence items shown, for three methods:
+any language) is among the top k evidence items shown, as the version an item shows (an
+aligned item shows one of its passages; `hidden`: the gold was in the top k only behind
+another passage), for three methods:
 `mono` (own language's index), `concat` (top k of every index merged by raw score) and
 `aligned` (the agent's retriever: every index, aligned across languages, rank-fused).
 Results go to one JSON (numbers + exact configuration), a Markdown table and a PNG chart.
@@ -61,10 +63,11 @@ def git_commit() -> str:
 
 # ---------------------------------------------------------------- retrieval metrics
 
-def gold_rank(evidence, gold_doc: str) -> int | None:
-    """1-based rank of the first evidence item holding the gold paragraph in any language."""
+def gold_rank(evidence, gold_doc: str, query_lang: str | None = None) -> int | None:
+    """1-based rank of the first evidence item holding the gold paragraph in any language;
+    with `query_lang`, only as the version the item shows (the one the policy reads)."""
     for item in evidence:
-        if gold_doc in item.doc_ids:
+        if gold_doc in ({item.shown(query_lang).passage.doc_id} if query_lang else item.doc_ids):
             return item.rank
     return None
 
@@ -125,13 +128,15 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
                 results[i] = ev
         timings[method] = (time.perf_counter() - t0) / max(len(questions), 1)
         for q, ev in zip(questions, results):
-            rows.append({"method": method, "id": q.id, "query_lang": q.lang, "rank": gold_rank(ev, q.doc_id),
+            rows.append({"method": method, "id": q.id, "query_lang": q.lang, "rank": gold_rank(ev, q.doc_id, q.lang),
+                         "hidden": gold_rank(ev, q.doc_id) is not None and gold_rank(ev, q.doc_id, q.lang) is None,
                          "subset": "local" if q.doc_id in local_docs.get(q.lang, ()) else "cross",
                          "languages_shown": sorted({l for e in ev for l in e.languages})})
     results = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        results[method] = summarise(mine, lambda rs: retrieval_scores([r["rank"] for r in rs]))
+        results[method] = summarise(mine, lambda rs: {**retrieval_scores([r["rank"] for r in rs]),
+                                                      "hidden": sum(r["hidden"] for r in rs) / len(rs)})
         results[method]["overall"]["search_ms"] = round(1000 * timings[method], 3)
     results["_timing"] = {"query_encode_ms": round(1000 * encode_s / max(len(questions), 1), 2)}
     return results, rows
@@ -227,7 +232,9 @@ def qa_row(method: str, q, result, local_docs: dict, golds_by_lang, latency_s: f
     from crosearch_agent.metrics import score_answer
     from crosearch_agent.support import explain
 
-    shown = {d for item in result.evidence for d in item.doc_ids}
+    # The gold counts as shown only when the policy read it (or its translation): a passage
+    # aligned into an item that shows another passage was not in front of the policy.
+    shown = {item.shown(q.lang).passage.doc_id for item in result.evidence}
     # "lang" is EVAL.md's answer-language metric, so the question's language is "query_lang".
     row = {"method": method, "id": q.id, "query_lang": q.lang, "question": q.question, "gold": list(q.answers),
            "answer": result.answer or "", "error": result.error,
@@ -400,7 +407,7 @@ def main(argv=None) -> int:
             keys, key = list(QA_KEYS) + list(SUPPORT_KEYS), "f1"
         else:
             results, rows = run_retrieval(settings, args.split, methods, args.limit)
-            keys, key = [f"recall@{k}" for k in KS] + ["mrr"], "recall@5"
+            keys, key = [f"recall@{k}" for k in KS] + ["mrr", "hidden"], "recall@5"
     except (StoreError, PolicyError, qa_data.DataNotFound, ValueError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -414,8 +421,11 @@ def main(argv=None) -> int:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     table = markdown_table(results, keys, key)
     note = ("\nlatency_s is amortised: a batch's wall time divided by its questions. recall: the gold paragraph "
-            "(in any language) was among the evidence shown to the policy. valid: every policy turn well formed, "
-            "ending in an answer the policy closed itself.\n" if args.task == "qa" else "")
+            "(in any language) was among the evidence shown to the policy (of an aligned item, the version shown). "
+            "valid: every policy turn well formed, "
+            "ending in an answer the policy closed itself.\n" if args.task == "qa" else
+            f"\nrecall@k: the gold paragraph's version shown by one of the top k items. hidden: in the top {max(KS)} "
+            "only as a passage aligned behind another one, which the item shows instead.\n")
     (out / "results.md").write_text(f"# {args.task}: {args.dataset} on {settings.collection}, {args.split}\n\n{table}{note}")
     png = out / f"{key.replace('@', '_at_')}.png"
     chart(results, key, png, f"{key}, {args.dataset} on {settings.collection} ({args.split})")

@@ -46,6 +46,11 @@ class Evidence:
     def doc_ids(self) -> set[str]:
         return {h.passage.doc_id for h in self.members}
 
+    def shown(self, query_lang: str) -> Hit:
+        """The member the policy reads: the query language's version if the item has one
+        (the policy reads that best), else the best-ranked one."""
+        return next((h for h in self.members if h.passage.lang == query_lang), self.members[0])
+
     @property
     def title(self) -> str:
         return self.members[0].passage.title

@@ -219,9 +219,9 @@ def render_documents(docs, max_chars: int = 700) -> str:
 def evidence_doc(evidence, query_lang: str) -> Doc:
     """The member of an `Evidence` item to show: the query language's version if it has one
     (the policy reads that best), listing the other languages it was found in."""
-    members = evidence.members
-    shown = next((h for h in members if h.passage.lang == query_lang), members[0])
-    also_in = tuple(dict.fromkeys(h.passage.lang for h in members if h is not shown and h.passage.lang != shown.passage.lang))
+    shown = evidence.shown(query_lang)
+    also_in = tuple(dict.fromkeys(h.passage.lang for h in evidence.members
+                                  if h is not shown and h.passage.lang != shown.passage.lang))
     return Doc(shown.passage.lang, shown.passage.title, shown.passage.text, also_in)
 
 

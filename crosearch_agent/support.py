@@ -161,7 +161,7 @@ def _candidates(result) -> list[_Candidate]:
     shown, others, seen = [], [], set()
     for search, items in enumerate(_searches(result), 1):
         for item in items:
-            first = _shown_member(item, result.lang)
+            first = item.shown(result.lang)
             for hit in item.members:
                 if hit.passage.id not in seen:
                     seen.add(hit.passage.id)
@@ -227,7 +227,7 @@ def _by_citation(result, answer: str, candidates, embedder=None) -> list[Support
         if not 1 <= number <= len(items):
             continue
         item = items[number - 1]
-        shown = _shown_member(item, result.lang)
+        shown = item.shown(result.lang)
         c = _Candidate(search, item.rank, item, shown)
 
         def holds_answer(sentence, lang):
@@ -248,11 +248,6 @@ def _close(answer: str, sentence: str, embedder) -> bool:
         return False
     vectors = embedder.encode_passages([answer, sentence])
     return float(vectors[0] @ vectors[1]) >= CITATION_MEANING
-
-
-def _shown_member(item, query_lang: str):
-    """The version of an item the policy was shown (as `prompts.evidence_doc` picks it)."""
-    return next((h for h in item.members if h.passage.lang == query_lang), item.members[0])
 
 
 def _numbers_in(words: str, sentence: str, lang: str) -> bool:
