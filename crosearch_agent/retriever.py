@@ -29,7 +29,7 @@ STATS_DEPTH = 50  # hits per language used to standardise its scores
 
 
 class Retriever:
-    def __init__(self, collection: Collection, embedder, rrf_k: int = 60, align_threshold: float = 0.75,
+    def __init__(self, collection: Collection, embedder, rrf_k: int = 60, align_threshold: float = 0.85,
                  score_weight: float = 2.0, depth: int = DEPTH):
         self.collection, self.embedder = collection, embedder
         self.rrf_k, self.align_threshold, self.score_weight, self.depth = rrf_k, align_threshold, score_weight, depth

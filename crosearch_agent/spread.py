@@ -31,7 +31,7 @@ class SpreadRetriever:
     """`Retriever`'s search interface over retrieval services that each hold some languages."""
 
     def __init__(self, services: dict[str, list[str]], languages=None, *, rrf_k: int = 60,
-                 align_threshold: float = 0.75, score_weight: float = 2.0, depth: int = DEPTH,
+                 align_threshold: float = 0.85, score_weight: float = 2.0, depth: int = DEPTH,
                  timeout: float = TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S, log=None):
         """`services`: {url: [languages]} (`parse_services`); `languages`: search only these.
         The fusion settings are this process's, as `Retriever` takes them. Raises when no

@@ -54,10 +54,37 @@ def test_translations_align_into_one_evidence_item(tmp_path, parallel_jsonl, emb
     question = qa_data.load_xquad("en")[1][0]  # "How many points did the Panthers defense surrender?"
     evidence = retriever.search(question.question, ["en", "de", "zh"], k=3, query_lang="en")
     top = evidence[0]
-    assert top.doc_ids == {question.doc_id}
-    assert sorted(top.languages) == ["de", "en", "zh"] and top.lang == "en"
+    assert top.doc_ids == {question.doc_id} and top.lang == "en"
+    # e5-small puts de/en translations at cosine 0.92-0.94 (neighbouring paragraphs: 0.74-0.84),
+    # but zh ones at 0.78-0.86, so at the threshold of 0.85 a Chinese version may stay apart.
+    assert {"de", "en"} <= set(top.languages), top.languages
+    assert all(len(e.doc_ids) == 1 for e in evidence)  # an item is one paragraph, never two
     grouped = sum(len(e.members) for e in evidence)
-    assert grouped >= 6, [e.languages for e in evidence]  # most items hold all their translations
+    assert grouped >= 5, [e.languages for e in evidence]  # most items hold their translations
+
+
+def test_aligned_items_join_translations_not_neighbours_on_the_same_topic(shared_data, embedder):
+    """In xquad-partial a paragraph is missing from some languages; there, its closest passage
+    is another paragraph of the same article. Aligning that neighbour would hide the paragraph
+    behind it (the item shows its query-language version), so nearly every aligned pair must
+    be one paragraph in two languages."""
+    from crosearch_agent.eval import ensure_index
+
+    settings = Settings(collection="xquad-partial")
+    ensure_index(settings)
+    retriever = load_retriever(settings, embedder)
+    same = other = 0
+    for lang in retriever.languages:
+        questions = qa_data.xquad_questions([lang], "dev")[:5]
+        langs = [lang] + [l for l in retriever.languages if l != lang]
+        for evidence in retriever.search_vectors(embedder.encode_queries([q.question for q in questions]), langs,
+                                                 k=5, query_lang=lang):
+            for item in evidence:
+                docs = [h.passage.doc_id for h in item.members]
+                pairs = [(a, b) for i, a in enumerate(docs) for b in docs[i + 1:]]
+                same += sum(a == b for a, b in pairs)
+                other += sum(a != b for a, b in pairs)
+    assert same > 100 and same / (same + other) >= 0.9, (same, other)  # 0.21 at the old threshold of 0.75
 
 
 def test_retrieval_eval_writes_eval_md_shape_and_aligned_beats_baselines(tmp_path, shared_data):

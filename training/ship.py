@@ -17,7 +17,7 @@ from pathlib import Path
 from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS
 from crosearch_agent.config import portable
 from crosearch_agent.eval import git_commit
-from crosearch_agent.policy_folders import BUNDLED_POLICY
+from crosearch_agent.policy_folders import BUNDLED_POLICY, TRAINED_OPTIONS
 from crosearch_agent.store import sha256_file
 from training.config import TrainConfig, config_from_command_line
 
@@ -56,7 +56,8 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
            f"({start.get('rows_trained')} rows{continued_seconds(info)}; trained at {start.get('commit')}), "
            f"with a fresh optimizer: "
            f"`--sft-start-adapter {start['adapter'].removeprefix('<repo>/')}`."] if (start := info.get("started_from")) else []),
-        f"- Agent options it was trained with (served with them): `{json.dumps(info.get('agent'))}`.",
+        f"- Agent options it was trained with: `{json.dumps(info.get('agent'))}`; it is served with the ones that "
+        f"shape its prompts ({', '.join(TRAINED_OPTIONS)}), the others are the server's.",
         f"- Reproduce: `python -m training.sft --config {config_name}` then "
         f"`python -m training.ship --config {config_name}`.",
         f"- Commit of the code that trained it: {info.get('commit') or 'see git log'}; shipped at {git_commit()}.", "",
