@@ -219,8 +219,8 @@ class Settings:
     # 0.75 aligned mostly neighbours: in xquad-partial (a paragraph missing from some languages)
     # 79% of aligned pairs were two different paragraphs, and an item shows its query-language
     # member, so a cross-lingual gold was hidden behind a local neighbour. At 0.85, 96% of the
-    # pairs are translations and crosearch's cross F1 rose 0.16 -> 0.23 on dev (training/results/
-    # 2026-12-04-align-threshold).
+    # pairs are translations and crosearch's cross F1 rose 0.16 -> 0.23 on dev, 0.16 -> 0.18 on
+    # test (training/results/2026-12-04-align-threshold-epyc-avx512bf16).
     align_threshold: float = option(0.85, "least cosine for two mutually closest passages in different languages to count as translations")
     rrf_k: int = option(60, "reciprocal rank fusion constant: vote = exp(score_weight * z) / (rrf_k + rank)")
     score_weight: float = option(2.0, "weight of a hit's within-language standardised score in rank fusion (0: plain RRF)")

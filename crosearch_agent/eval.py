@@ -7,7 +7,7 @@ paragraph was among the evidence shown). Questions go through the backend in bat
 
 `--task retrieval` asks, for every question of a split, whether the gold paragraph (in
 any language) is among the top k evidence items shown, as the version an item shows (an
-aligned item shows one of its passages; `hidden`: the gold was in the top k only behind
+aligned item shows one of its passages; `hidden`: the gold was in the top 10 only behind
 another passage), for three methods:
 `mono` (own language's index), `concat` (top k of every index merged by raw score) and
 `aligned` (the agent's retriever: every index, aligned across languages, rank-fused).
@@ -128,8 +128,9 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
                 results[i] = ev
         timings[method] = (time.perf_counter() - t0) / max(len(questions), 1)
         for q, ev in zip(questions, results):
-            rows.append({"method": method, "id": q.id, "query_lang": q.lang, "rank": gold_rank(ev, q.doc_id, q.lang),
-                         "hidden": gold_rank(ev, q.doc_id) is not None and gold_rank(ev, q.doc_id, q.lang) is None,
+            rank = gold_rank(ev, q.doc_id, q.lang)
+            rows.append({"method": method, "id": q.id, "query_lang": q.lang, "rank": rank,
+                         "hidden": rank is None and gold_rank(ev, q.doc_id) is not None,
                          "subset": "local" if q.doc_id in local_docs.get(q.lang, ()) else "cross",
                          "languages_shown": sorted({l for e in ev for l in e.languages})})
     results = {}

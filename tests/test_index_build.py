@@ -102,4 +102,6 @@ def test_retrieval_eval_writes_eval_md_shape_and_aligned_beats_baselines(tmp_pat
     cross = {m: results[m]["subsets"]["cross"]["recall@5"] for m in ("mono", "concat", "aligned")}
     assert cross["mono"] == 0.0  # its own index cannot hold cross-lingual gold
     assert cross["aligned"] > cross["concat"] and cross["aligned"] >= 0.8, cross
+    assert results["aligned"]["subsets"]["cross"]["hidden"] <= 0.05  # gold behind another passage (0.28 at 0.75)
+    assert results["concat"]["overall"]["hidden"] == 0.0  # an item of one passage hides nothing
     assert (out / "results.md").read_text().count("| aligned |") >= 3 and (out / "recall_at_5.png").stat().st_size > 1000
