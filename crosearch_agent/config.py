@@ -19,6 +19,12 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_EMBEDDER = "bundled:multilingual-e5-small"
+# 0.75 aligned mostly neighbours: in xquad-partial (a paragraph missing from some languages)
+# 79% of aligned pairs were two different paragraphs, and an item shows its query-language
+# member, so a cross-lingual gold was hidden behind a local neighbour. At 0.85, 96% of the
+# pairs are translations and crosearch's cross F1 rose 0.16 -> 0.23 on dev, 0.16 -> 0.18 on
+# test (training/results/2026-12-04-align-threshold-epyc-avx512bf16).
+ALIGN_THRESHOLD = 0.85
 
 
 def data_home() -> Path:
@@ -216,12 +222,7 @@ class Settings:
     nprobe: int = option(256, "ivfpq indexes: inverted lists searched per query, of at most 2,048 (more: higher recall, slower search)")
     rerank: int = option(1000, "ivfpq indexes: candidates re-scored exactly from the vectors on disk (more: higher recall, more rows read per query)")
     k: int = option(5, "evidence items returned per search")
-    # 0.75 aligned mostly neighbours: in xquad-partial (a paragraph missing from some languages)
-    # 79% of aligned pairs were two different paragraphs, and an item shows its query-language
-    # member, so a cross-lingual gold was hidden behind a local neighbour. At 0.85, 96% of the
-    # pairs are translations and crosearch's cross F1 rose 0.16 -> 0.23 on dev, 0.16 -> 0.18 on
-    # test (training/results/2026-12-04-align-threshold-epyc-avx512bf16).
-    align_threshold: float = option(0.85, "least cosine for two mutually closest passages in different languages to count as translations")
+    align_threshold: float = option(ALIGN_THRESHOLD, "least cosine for two mutually closest passages in different languages to count as translations")
     rrf_k: int = option(60, "reciprocal rank fusion constant: vote = exp(score_weight * z) / (rrf_k + rank)")
     score_weight: float = option(2.0, "weight of a hit's within-language standardised score in rank fusion (0: plain RRF)")
     detector: str = option("py3langid", "language detector", choices=["py3langid", "langdetect"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosearch_agent.config import ALIGN_THRESHOLD
 from crosearch_agent.evidence import Evidence, Hit
 from crosearch_agent.fusion import DEPTH, LanguageHits, fuse, pool, vote
 from crosearch_agent.store import Collection, Passage
@@ -29,8 +30,8 @@ STATS_DEPTH = 50  # hits per language used to standardise its scores
 
 
 class Retriever:
-    def __init__(self, collection: Collection, embedder, rrf_k: int = 60, align_threshold: float = 0.85,
-                 score_weight: float = 2.0, depth: int = DEPTH):
+    def __init__(self, collection: Collection, embedder, rrf_k: int = 60,
+                 align_threshold: float = ALIGN_THRESHOLD, score_weight: float = 2.0, depth: int = DEPTH):
         self.collection, self.embedder = collection, embedder
         self.rrf_k, self.align_threshold, self.score_weight, self.depth = rrf_k, align_threshold, score_weight, depth
 

@@ -18,6 +18,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from crosearch_agent.config import ALIGN_THRESHOLD
 from crosearch_agent.evidence import EvidenceList
 from crosearch_agent.fusion import DEPTH, LanguageHits, fuse, pool
 from crosearch_agent.remote import RetrievalServiceError, ServiceClient
@@ -31,7 +32,7 @@ class SpreadRetriever:
     """`Retriever`'s search interface over retrieval services that each hold some languages."""
 
     def __init__(self, services: dict[str, list[str]], languages=None, *, rrf_k: int = 60,
-                 align_threshold: float = 0.85, score_weight: float = 2.0, depth: int = DEPTH,
+                 align_threshold: float = ALIGN_THRESHOLD, score_weight: float = 2.0, depth: int = DEPTH,
                  timeout: float = TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S, log=None):
         """`services`: {url: [languages]} (`parse_services`); `languages`: search only these.
         The fusion settings are this process's, as `Retriever` takes them. Raises when no
