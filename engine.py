@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from crosearch_agent.agent import Agent, AnswerStep, ErrorStep, LanguageStep, Result, question_problem
 from crosearch_agent.config import BUNDLED_EMBEDDER, Settings, uses_services
 from crosearch_agent.languages import NAMES, detect
-from crosearch_agent.policy import PolicyError, default_backend
+from crosearch_agent.policy import PolicyError, default_backend, per_prompt
 from crosearch_agent.policy_folders import describe_policy
 from crosearch_agent.support import explain
 
@@ -32,7 +32,7 @@ class ServedPolicy:
     """The policy behind the app: swappable while serving, one backend call at a time.
 
     Requests that arrive while a call runs wait (on a condition, not polling) and then go
-    together in the next call (one batch per sampling setting), which is what the batched
+    together in the next call (each prompt with its own sampling), which is what the batched
     backends are good at. Whichever waiting request finds the backend free runs the next
     batch, its own or others'; it stops once its own request is answered.
     """
@@ -73,9 +73,7 @@ class ServedPolicy:
     def _next_batch(self) -> list:
         if not self._pending:
             return []
-        sampling = self._pending[0][1]
-        batch = [r for r in self._pending if r[1] == sampling][: self.max_batch]
-        self._pending = [r for r in self._pending if all(r is not b for b in batch)]
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         return batch
 
     def _run(self, batch) -> None:
@@ -85,7 +83,8 @@ class ServedPolicy:
             if self.inner is None:
                 raise PolicyError(f"no policy is loaded ({self.problem}); fix the backend settings and press 'Reload policy'")
             t = time.perf_counter()
-            gens = self.inner.generate([p for prompts, _, _ in batch for p in prompts], batch[0][1])
+            samplings = [s for prompts, sampling, _ in batch for s in per_prompt(sampling, len(prompts))]
+            gens = self.inner.generate([p for prompts, _, _ in batch for p in prompts], samplings)
             if len(batch) > 1:
                 self.log(f"[crosearch] {len(batch)} questions batched into one policy call ({time.perf_counter() - t:.1f} s)")
         except BaseException as err:  # every waiting request hears about it

@@ -235,6 +235,7 @@ class Settings:
     repeat_evidence: bool = option(True, "let a later search show again what an earlier search of the same question showed; false: only new evidence (an item holding a passage shown before, in any language it is aligned with, is skipped), which also drops the translations that let sources be compared")
     temperature: float = option(0.0, "sampling temperature of the policy (0: greedy)")
     max_new_tokens: int = option(128, "most tokens the policy may write per turn")
+    answer_script: bool = option(True, "write answers only in letters of the question language's scripts, Latin included (names, acronyms): a policy reading evidence in another script otherwise mixes it in")
     few_shot: int = option(3, "worked examples in the prompt (XQuAD train split), 0 for none")
     data_dir: str | None = option(None, "folder with local copies of the data sets (else CROSEARCH_DATA_DIR, ../shared/data, then the hub)")
     seed: int = option(0, "random seed")

@@ -1,4 +1,5 @@
-"""LLM backends behind one small interface: generate a batch of prompts with stop strings.
+"""LLM backends behind one small interface: generate a batch of prompts with stop strings
+(one `Sampling` for all prompts, or one each).
 
 - `vllm`: the vLLM engine in-process (the default when vLLM is installed);
 - `openai`: any OpenAI-compatible completions server, e.g.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crosearch_agent.policy_folders import resolve_policy
+from crosearch_agent.token_scripts import allowed_token_ids
 
 BACKENDS = ("vllm", "openai", "transformers")
 
@@ -33,6 +35,10 @@ class Sampling:
     temperature: float = 0.0      # 0: greedy
     stop: tuple[str, ...] = ()
     seed: int = 0
+    # Write only letters of these scripts (`token_scripts`; the agent's answers), plus the
+    # tokens of `closing`; None: any token.
+    scripts: frozenset[str] | None = None
+    closing: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,26 @@ def cut_at_stop(text: str, stops) -> tuple[str, str | None]:
         return text, None
     pos, stop = min(hits)
     return text[:pos], stop
+
+
+def per_prompt(sampling: Sampling | list[Sampling], n: int) -> list[Sampling]:
+    """One `Sampling` per prompt: backends take one for all prompts or a list, one each."""
+    samplings = list(sampling) if isinstance(sampling, (list, tuple)) else [sampling] * n
+    if len(samplings) != n:
+        raise ValueError(f"{len(samplings)} samplings for {n} prompts")
+    return samplings
+
+
+def by_sampling(generate, prompts: list[str], sampling: Sampling | list[Sampling]) -> list[Generation]:
+    """`generate(prompts, one_sampling)` called once per distinct sampling, results in prompt order."""
+    groups: dict[Sampling, list[int]] = {}
+    for i, s in enumerate(per_prompt(sampling, len(prompts))):
+        groups.setdefault(s, []).append(i)
+    out: list[Generation | None] = [None] * len(prompts)
+    for s, idx in groups.items():
+        for i, gen in zip(idx, generate([prompts[i] for i in idx], s)):
+            out[i] = gen
+    return out
 
 
 # ---------------------------------------------------------------- transformers
@@ -102,7 +128,11 @@ class TransformersPolicy:
         self.device = device
         self._lock = threading.Lock()  # one generate at a time on a shared model
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: list[str], sampling: Sampling | list[Sampling]) -> list[Generation]:
+        """Continue each prompt; `sampling` is one for all or a list, one per prompt."""
+        return by_sampling(self._generate, prompts, sampling)
+
+    def _generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
         import torch
 
         if not prompts:
@@ -115,6 +145,11 @@ class TransformersPolicy:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=1.0, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling.scripts is not None:
+            from transformers import LogitsProcessorList
+
+            only = _OnlyTokens(allowed_token_ids(self.tokenizer, sampling.scripts, sampling.closing))
+            kwargs.update(logits_processor=LogitsProcessorList([only]))
         with self._lock, torch.inference_mode():
             if sampling.temperature > 0:
                 torch.manual_seed(sampling.seed)
@@ -128,6 +163,22 @@ class TransformersPolicy:
             finish = "stop" if stop or ended else ("length" if len(ids) >= sampling.max_tokens else "stop")
             results.append(Generation(text, finish, stop, len(ids), ids))
         return results
+
+
+class _OnlyTokens:
+    """A `generate` logits processor that lets only the given token ids be chosen."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+        self.mask = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.mask is None or self.mask.shape[-1] != scores.shape[-1]:
+            self.mask = torch.full((scores.shape[-1],), float("-inf"), device=scores.device)
+            self.mask[[i for i in self.ids if i < scores.shape[-1]]] = 0.0
+        return scores + self.mask.to(scores.dtype)
 
 
 # ---------------------------------------------------------------- vLLM (in-process)
@@ -190,13 +241,22 @@ class VLLMPolicy:
             raise PolicyError(f"cannot start vLLM on {model!r}: {type(err).__name__}: {err}") from err
         self._lock = threading.Lock()
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+    def _params(self, sampling: Sampling):
         from vllm import SamplingParams
 
+        allowed = None
+        if sampling.scripts is not None:
+            allowed = allowed_token_ids(self.llm.get_tokenizer(), sampling.scripts, sampling.closing)
+        return SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                              stop=list(sampling.stop) or None, seed=sampling.seed, allowed_token_ids=allowed)
+
+    def generate(self, prompts: list[str], sampling: Sampling | list[Sampling]) -> list[Generation]:
+        """Continue each prompt; `sampling` is one for all or a list, one per prompt."""
         if not prompts:
             return []
-        params = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                stop=list(sampling.stop) or None, seed=sampling.seed)
+        samplings = per_prompt(sampling, len(prompts))
+        made = {s: self._params(s) for s in set(samplings)}
+        params = [made[s] for s in samplings]
         try:
             with self._lock:
                 outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
@@ -251,18 +311,44 @@ class OpenAIPolicy:
             raise PolicyError(f"model server {self.base_url} answered something that is not JSON: "
                               f"{response.text[:200]!r}") from err
 
+    @functools.cached_property
+    def _tokenizer(self):
+        """The served model's tokenizer where its folder is readable here (vLLM's server names
+        it as the model's `root`), for the answer-script constraint, which vLLM's server takes
+        as `allowed_token_ids`; None elsewhere: answers go unconstrained."""
+        try:
+            models = self._request("/models").get("data") or []
+        except PolicyError:
+            return None
+        root = next((m.get("root") for m in models if m.get("id") == self.name and m.get("root")), self.name)
+        if not Path(root).is_dir():
+            return None
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(root)
+        except (OSError, ValueError):
+            return None
+
     def _served_model(self) -> str:
         models = self._request("/models").get("data") or []
         if not models:
             raise PolicyError(f"model server {self.base_url} serves no model")
         return models[0]["id"]
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: list[str], sampling: Sampling | list[Sampling]) -> list[Generation]:
+        """Continue each prompt; `sampling` is one for all or a list, one per prompt (one
+        request per distinct one)."""
+        return by_sampling(self._generate, prompts, sampling)
+
+    def _generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
         if not prompts:
             return []
-        body = self._request("/completions", {
-            "model": self.name, "prompt": list(prompts), "max_tokens": sampling.max_tokens,
-            "temperature": sampling.temperature, "stop": list(sampling.stop) or None, "seed": sampling.seed})
+        payload = {"model": self.name, "prompt": list(prompts), "max_tokens": sampling.max_tokens,
+                   "temperature": sampling.temperature, "stop": list(sampling.stop) or None, "seed": sampling.seed}
+        if sampling.scripts is not None and self._tokenizer is not None:
+            payload["allowed_token_ids"] = allowed_token_ids(self._tokenizer, sampling.scripts, sampling.closing)
+        body = self._request("/completions", payload)
         choices = sorted(body.get("choices", []), key=lambda c: c["index"])
         if len(choices) != len(prompts):
             raise PolicyError(f"model server returned {len(choices)} completions for {len(prompts)} prompts")

@@ -1,5 +1,6 @@
 """The policy backends agree: the same greedy tokens for the same prompts (the first 32),
-stop strings reported the same way, and the agent runs on each.
+stop strings reported the same way, a sampling kept to some scripts on each (prompt by prompt),
+and the agent runs on each.
 
 The comparison runs in float32: in bf16 the two backends' kernels round differently and one
 of these prompts drifts at token 22 (measured), which says nothing about the backends' logic.
@@ -38,10 +39,15 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def reference(model):
+def reference_policy(model):
     from crosearch_agent.policy import TransformersPolicy
 
-    return TransformersPolicy(model, dtype=DTYPE).generate(PROMPTS, GREEDY)
+    return TransformersPolicy(model, dtype=DTYPE)
+
+
+@pytest.fixture(scope="module")
+def reference(reference_policy):
+    return reference_policy.generate(PROMPTS, GREEDY)
 
 
 def _free_port() -> int:
@@ -101,6 +107,28 @@ def test_openai_backend_reports_the_stop_string(server):
     assert gen.stop == " 8" and gen.finish_reason == "stop" and gen.text.strip().startswith("6")
 
 
+# The base model continues this in Greek ("Αθήνα."); kept to Latin letters it writes "Athens".
+GREEK_PROMPT = "Η πρωτεύουσα της Ελλάδας είναι η"
+FREE_AND_LATIN = [GREEDY, Sampling(max_tokens=16, scripts=frozenset({"LATIN"}), closing="</answer>")]
+
+
+def _check_kept_to_latin(free, latin) -> None:
+    from crosearch_agent.token_scripts import text_fits
+
+    assert not text_fits(free.text, frozenset({"LATIN"}))
+    assert text_fits(latin.text, frozenset({"LATIN"})) and "Athens" in latin.text, latin.text
+
+
+def test_transformers_keeps_a_sampling_to_its_scripts_prompt_by_prompt(reference_policy):
+    _check_kept_to_latin(*reference_policy.generate([GREEK_PROMPT] * 2, FREE_AND_LATIN))
+
+
+def test_the_openai_backend_keeps_a_sampling_to_its_scripts(server):
+    from crosearch_agent.policy import OpenAIPolicy
+
+    _check_kept_to_latin(*OpenAIPolicy(server[0]).generate([GREEK_PROMPT] * 2, FREE_AND_LATIN))
+
+
 def test_a_stopped_server_gives_a_policy_error_that_says_so(server):
     from crosearch_agent.policy import OpenAIPolicy
 
@@ -125,6 +153,10 @@ def test_vllm_engine_gives_the_same_greedy_tokens_as_transformers(engine, refere
     for ours, ref in zip(got, reference):
         assert ours.token_ids[:32] == ref.token_ids[:32], (ours.text, ref.text)
         assert ours.tokens == len(ours.token_ids) <= 32
+
+
+def test_vllm_engine_keeps_a_sampling_to_its_scripts(engine):
+    _check_kept_to_latin(*engine.generate([GREEK_PROMPT] * 2, FREE_AND_LATIN))
 
 
 def test_vllm_engine_cuts_at_the_stop_string_and_says_which(engine):
