@@ -7,11 +7,13 @@ faiss, fusion) without alignment, alignment (`fusion.align`, timed by wrapping i
 generation (the policy's `generate`, timed by wrapping it; with several users this includes
 waiting for the shared model, which serves one call at a time). Users are threads calling
 `Agent.run`; the alternative for 8 users is `Agent.run_batch`, one batched policy call per
-turn for all 8 questions. Generation uses the vLLM engine when the generation benchmark
+turn for all 8 questions, timed again with answers decoded freely (`answer_script` off) for
+the cost of keeping them to the question's scripts. Generation uses the vLLM engine when the generation benchmark
 already started it in this process, else transformers.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -141,12 +143,20 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
         t = time.perf_counter()
         batched = agent.run_batch(eight_qs[:n_users])
         batch_wall = time.perf_counter() - t
+        # What keeping answers to the question's scripts costs: the same batch, answers decoded
+        # in the same call as the think (one policy call less per answer turn).
+        free = Agent(agent.policy, agent.retriever, dataclasses.replace(settings, answer_script=False))
+        t = time.perf_counter()
+        free.run_batch(eight_qs[:n_users])
+        free_wall = time.perf_counter() - t
     finally:
         fusion_mod.align = original_align
     one, many = summarise(single, single_wall), summarise(eight, eight_wall)
     batch = {"questions": len(batched), "wall_s": batch_wall, "questions_per_s": len(batched) / batch_wall,
              "latency": stats([r.latency_s for r in batched]), "errors": sum(1 for r in batched if r.error)}
-    result.metrics = {"users_1": one, "users_8": many, "run_batch_8": batch}
+    script_cost = ratio(batch_wall, free_wall)
+    result.metrics = {"users_1": one, "users_8": many, "run_batch_8": batch,
+                      "run_batch_8_free_answers_wall_s": free_wall, "answer_script_cost": script_cost}
 
     table = Table(f"Latency per question by stage, seconds (median / p95), {backend}",
                   ["users", "questions", "end to end", "detect", "retrieve (excl. align)", "align",
@@ -164,7 +174,8 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
     result.summary = (f"1 user: median {one['latency']['median']:.1f} s, p95 {one['latency']['p95']:.1f} s "
                       f"(generation {gen_share:.0%}); 8 users: median {many['latency']['median']:.1f} s "
                       f"({fmt_ratio(slowdown)} of 1 user), {many['questions_per_s']:.2f} q/s; run_batch of 8: "
-                      f"{fmt_ratio(batch_gain)} the throughput of 8 threads ({backend.split(' ')[0]})")
+                      f"{fmt_ratio(batch_gain)} the throughput of 8 threads ({backend.split(' ')[0]}); answers kept "
+                      f"to the question's scripts: {fmt_ratio(script_cost)} the time of free ones")
     errors = one["errors"] + many["errors"] + batch["errors"]
     if errors:
         first = next((r["error"] for r in single + eight if r["error"]), None) or next(

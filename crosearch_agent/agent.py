@@ -417,8 +417,9 @@ class Agent:
         """One turn per prompt. With `answer_script`, an answer with letters of a script the
         question's language does not use (`token_scripts`) is decoded again, from the tokens
         of its scripts only. Greedy, that is what decoding every answer so would give (an
-        answer that fits never met a token it bans), at the cost of a second call for the few
-        that did not fit, not for every answer (measured: +44% time per question on a CPU)."""
+        answer that fits never met a token it bans), at the cost of more calls for the few
+        that did not fit, not for every answer: decoding every answer apart took 1.22x the
+        time per question (XQuAD test, 2-core CPU), this 1.08x (`benchmarks.agent`)."""
         gens = self.policy.generate(prompts_, self._sampling())
         if not self.settings.answer_script:
             return gens

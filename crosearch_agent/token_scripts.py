@@ -68,7 +68,9 @@ def _allowed(tokenizer, scripts: frozenset[str], closing: str) -> tuple[int, ...
         if i in special or piece is None:
             continue
         text = _piece_text(piece)
-        if text is not None and text_fits(text, scripts):
+        # Markup pieces ("<b>", "</td>") are Latin letters, but no part of an answer: kept to
+        # Latin, the policy was seen to write "Nieu <b>In</b>" where it meant Greek.
+        if text is not None and "<" not in text and ">" not in text and text_fits(text, scripts):
             allowed.add(i)
     return tuple(sorted(allowed))
 
@@ -84,7 +86,7 @@ def _eos_ids(tokenizer) -> list[int]:
 
 
 def allowed_token_ids(tokenizer, scripts: frozenset[str], closing: str = "") -> list[int]:
-    """The ids of `tokenizer`'s tokens that write only letters of `scripts`, plus the end
-    tokens and the tokens of `closing` (the `</answer>` that ends the answer must stay
-    writable whatever the script)."""
+    """The ids of `tokenizer`'s tokens that write only letters of `scripts` and no markup,
+    plus the end tokens and the tokens of `closing` (the `</answer>` that ends the answer
+    must stay writable whatever the script)."""
     return list(_allowed(tokenizer, frozenset(scripts), closing))

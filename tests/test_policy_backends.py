@@ -107,8 +107,9 @@ def test_openai_backend_reports_the_stop_string(server):
     assert gen.stop == " 8" and gen.finish_reason == "stop" and gen.text.strip().startswith("6")
 
 
-# The base model continues this in Greek ("Αθήνα."); kept to Latin letters it writes "Athens".
-GREEK_PROMPT = "Η πρωτεύουσα της Ελλάδας είναι η"
+# The base model continues this in Greek (" Denver Broncos κέρδισαν το ..."); kept to Latin
+# letters it answers " Denver Broncos." and goes on in digits.
+GREEK_PROMPT = "Οι Denver Broncos κέρδισαν το Super Bowl 50. Ποιος κέρδισε το Super Bowl 50; Απάντηση: Οι"
 FREE_AND_LATIN = [GREEDY, Sampling(max_tokens=16, scripts=frozenset({"LATIN"}), closing="</answer>")]
 
 
@@ -116,7 +117,7 @@ def _check_kept_to_latin(free, latin) -> None:
     from crosearch_agent.token_scripts import text_fits
 
     assert not text_fits(free.text, frozenset({"LATIN"}))
-    assert text_fits(latin.text, frozenset({"LATIN"})) and "Athens" in latin.text, latin.text
+    assert text_fits(latin.text, frozenset({"LATIN"})) and latin.text.startswith(" Denver Broncos"), latin.text
 
 
 def test_transformers_keeps_a_sampling_to_its_scripts_prompt_by_prompt(reference_policy):

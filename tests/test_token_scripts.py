@@ -39,6 +39,7 @@ def test_the_vocabulary_is_cut_to_the_scripts_keeping_the_closing_tag_and_the_en
     assert set(_ids(tok, prompts.STOP_ANSWER)) <= german & greek & chinese
     assert tok.eos_token_id in german and tok.convert_tokens_to_ids("<end_of_turn>") in greek
     assert tok.convert_tokens_to_ids("<0xCE>") not in german  # a byte could spell any script
+    assert not {tok.convert_tokens_to_ids(t) for t in ("<b>", "</b>", "<td>")} & german  # nor markup
     assert tok.convert_tokens_to_ids("<unused0>") not in chinese and 2 not in chinese  # nor control tokens (<bos>)
     assert 0.5 * len(tok) < len(german) < len(tok)
 
