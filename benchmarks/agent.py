@@ -7,9 +7,9 @@ faiss, fusion) without alignment, alignment (`fusion.align`, timed by wrapping i
 generation (the policy's `generate`, timed by wrapping it; with several users this includes
 waiting for the shared model, which serves one call at a time). Users are threads calling
 `Agent.run`; the alternative for 8 users is `Agent.run_batch`, one batched policy call per
-turn for all 8 questions, timed again with answers decoded freely (`answer_script` off) for
-the cost of keeping them to the question's scripts. Generation uses the vLLM engine when the generation benchmark
-already started it in this process, else transformers.
+turn for all 8 questions, timed again with `answer_script` off for the cost of keeping
+answers to the question's scripts. Generation uses the vLLM engine when the generation
+benchmark already started it in this process, else transformers.
 """
 from __future__ import annotations
 
@@ -143,8 +143,8 @@ def run(quick: bool = False, ctx: dict | None = None) -> BenchResult:
         t = time.perf_counter()
         batched = agent.run_batch(eight_qs[:n_users])
         batch_wall = time.perf_counter() - t
-        # What keeping answers to the question's scripts costs: the same batch, answers decoded
-        # in the same call as the think (one policy call less per answer turn).
+        # What keeping answers to the question's scripts costs: the same batch with no answer
+        # decoded again (those that do not fit cost more calls).
         free = Agent(agent.policy, agent.retriever, dataclasses.replace(settings, answer_script=False))
         t = time.perf_counter()
         free.run_batch(eight_qs[:n_users])

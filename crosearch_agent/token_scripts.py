@@ -30,11 +30,6 @@ def answer_scripts(lang: str) -> frozenset[str] | None:
     return own | {LATIN} if own else None
 
 
-def _mark_script(ch: str) -> str | None:
-    word = unicodedata.name(ch, "").split(" ", 1)[0]
-    return word if word in _KNOWN else None
-
-
 def text_fits(text: str, scripts: frozenset[str]) -> bool:
     """Are all of the text's letters (and script-bound marks) of `scripts`? Digits,
     punctuation, spaces and symbols fit every script."""
@@ -44,8 +39,8 @@ def text_fits(text: str, scripts: frozenset[str]) -> bool:
             if languages.script(ch) not in scripts:
                 return False
         elif category.startswith("M"):
-            s = _mark_script(ch)
-            if s is not None and s not in scripts:
+            s = languages.script(ch)
+            if s in _KNOWN and s not in scripts:
                 return False
     return True
 
