@@ -313,6 +313,16 @@ def anchor(passage_id: str) -> str:
     return "cs-p-" + re.sub(r"[^A-Za-z0-9_-]", "-", passage_id)
 
 
+def id_attribute(passage_id: str, anchored: set[str]) -> str:
+    """` id="..."` for a passage's first appearance in the view, nothing for later ones (both
+    searches may show it): an HTML id names one element, and links go to the first."""
+    target = anchor(passage_id)
+    if target in anchored:
+        return ""
+    anchored.add(target)
+    return f' id="{target}"'
+
+
 def agreement_html(record: dict, anchored: set[str] = frozenset()) -> str:
     """The "Sources disagree" panel (each language's value and the sentence it was read in,
     linked to its passage where the view shows it), or the line saying in how many languages
@@ -342,7 +352,7 @@ def evidence_html(record: dict | None) -> str:
     supports the answer shows its supporting sentence marked and all its versions."""
     if not record:
         return '<div class="cs-empty">Ask a question: its evidence appears here.</div>'
-    answer, parts, shown = record.get("answer"), [], {}
+    answer, parts, shown, anchored = record.get("answer"), [], {}, set()
     support = (record.get("support") or [None])[0]
     for search, ev in _search_sections(record):
         ids = tuple(m["id"] for item in ev["items"] for m in item["members"])
@@ -354,7 +364,7 @@ def evidence_html(record: dict | None) -> str:
             parts.append(head + f'<p class="cs-same">Same {len(ev["items"])} items as search {shown[ids]}.</p>')
             continue
         shown[ids] = search["turn"]
-        cards = [evidence_card(item, answer, search["query"], support) for item in ev["items"]]
+        cards = [evidence_card(item, answer, search["query"], support, anchored) for item in ev["items"]]
         parts.append(head + ("".join(cards) or '<p class="cs-same">No passages found.</p>'))
     lang = record.get("lang") or ""
     head = (f'<div class="cs-head" data-turn-lang="{html_text(lang)}">Evidence for “{html_text(one_line(record["question"], 200))}”'
@@ -362,30 +372,32 @@ def evidence_html(record: dict | None) -> str:
             + (f' — answer: <b>{html_text(answer)}</b>' if answer else "") + "</div>")
     if not parts:
         return head + f'<div class="cs-empty">No evidence for this question. {html_text(record.get("error") or "")}</div>'
-    body = "".join(parts)
-    anchored = set(re.findall(r'id="(cs-p-[^"]+)"', body))
-    return head + agreement_html(record, anchored) + '<div class="cs-evidence">' + body + "</div>"
+    return head + agreement_html(record, anchored) + '<div class="cs-evidence">' + "".join(parts) + "</div>"
 
 
-def evidence_card(item: dict, answer: str | None, query: str, support: dict | None = None) -> str:
+def evidence_card(item: dict, answer: str | None, query: str, support: dict | None = None,
+                  anchored: set[str] | None = None) -> str:
+    """One evidence item's card; `anchored`: the passage ids the view has given so far (updated)."""
+    anchored = set() if anchored is None else anchored
     members = item["members"]
     supporting = next((m for m in members if support and m["id"] == support["passage_id"]), None)
     main = supporting or members[0]
     if supporting is None:
         others = members[1:]
         also = ", ".join(f'{html_text(lang_label(m["lang"]))} (rank {m["rank"]})' for m in others)
-        body = (f'<div class="cs-text" id="{anchor(main["id"])}">{highlight(main["text"], answer, query)}</div>'
+        body = (f'<div class="cs-text"{id_attribute(main["id"], anchored)}>{highlight(main["text"], answer, query)}</div>'
                 + (f'<div class="cs-also">Also found in: {also}</div>' if also else
                    '<div class="cs-also">Found in this language only.</div>'))
         return (f'<div class="cs-card" data-lang="{html_text(item["lang"])}">' + _card_meta(item, main["lang"]) + body
                 + "</div>")
     # The supporting item: its supporting version with the sentence marked, then every other version.
-    versions = "".join(f'<div class="cs-version" data-lang="{html_text(m["lang"])}" id="{anchor(m["id"])}">'
+    text = f'<div class="cs-text"{id_attribute(main["id"], anchored)}>{highlight(main["text"], answer, query, support["quote"])}</div>'
+    versions = "".join(f'<div class="cs-version" data-lang="{html_text(m["lang"])}"{id_attribute(m["id"], anchored)}>'
                        f'<b>{html_text(lang_label(m["lang"]))}</b> (rank {m["rank"]}): {highlight(m["text"], None, query)}</div>'
                        for m in members if m is not supporting)
     return (f'<div class="cs-card" data-support="{html_text(support["how"])}" data-lang="{html_text(main["lang"])}">' + _card_meta(item, main["lang"])
             + f'<div class="cs-why">The answer came from this passage ({html_text(support["how"])}).</div>'
-            + f'<div class="cs-text" id="{anchor(main["id"])}">{highlight(main["text"], answer, query, support["quote"])}</div>'
+            + text
             + (f'<details class="cs-versions" open><summary>The same passage in {len(members) - 1} more '
                f'language{"s" if len(members) > 2 else ""}</summary>{versions}</details>' if versions else "")
             + "</div>")

@@ -4,6 +4,7 @@ input is refused before anything loads, and (slow, real models) that a broken ba
 missing index and a language without an index each give a clear message while the app keeps
 answering."""
 import json
+import re
 import threading
 import time
 
@@ -196,6 +197,15 @@ def test_turn_record_is_plain_json_and_the_view_repeats_no_identical_search():
     assert '<mark class="sup">Polonia Warschau</mark>' in page and "The same passage in 1 more language" in page
     other = views.evidence_html(views.turn_record("Wer?", steps_with("Nobody", "de", items)))
     assert "data-support" not in other and "Also found in: English (en)" in other
+
+
+def test_a_passage_both_searches_show_has_one_html_id_which_its_first_appearance_carries():
+    de, en = passage("de", "Polonia Warschau"), passage("en", "Polonia Warsaw")
+    other = passage("en", "Something else", doc="Warsaw/4")
+    record = views.turn_record("Wer?", steps_with("x", "de", [item(1, de)], [item(1, de, en), item(2, other)]))
+    page = views.evidence_html(record)
+    assert re.findall(r'id="(cs-p-[^"]+)"', page) == [views.anchor(de.id), views.anchor(other.id)]
+    assert page.index(f'id="{views.anchor(de.id)}"') < page.index("Search 2")
 
 
 def test_disagreeing_versions_get_a_panel_that_links_each_value_to_its_version():

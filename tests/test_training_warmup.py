@@ -115,6 +115,67 @@ def test_a_warmup_continues_a_finished_adapter_after_its_steps(tiny_gemma, tmp_p
     assert all(torch.equal(trained[n].detach(), p) for n, p in expected.items())  # lr 0: still the adapter's
 
 
+def test_a_run_rerun_after_its_last_step_loads_that_checkpoint_and_trains_no_step_more(tiny_gemma, tmp_path):
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig
+    from datasets import Dataset
+
+    from training.checkpoints import seed_checkpoint, train_to_end
+    from training.sft import make_sft_trainer_class, save_adapter
+
+    cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu"})
+    finished = load_trainable(str(tiny_gemma), cfg)
+    for name, p in finished.named_parameters():
+        if "lora_B" in name:
+            p.data.fill_(0.5)
+    adapter = save_adapter(finished, tmp_path / "adapter", {"steps": 2})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma)
+    ids = tokenizer("Doc 1 says: 1263.")["input_ids"]
+    steps_run = []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            steps_run.append(state.global_step)
+
+    def run(max_steps):
+        args = SFTConfig(output_dir=str(tmp_path / "work"), max_steps=max_steps, per_device_train_batch_size=1,
+                         learning_rate=1e-3, logging_steps=1, save_steps=2, report_to="none", use_cpu=True,
+                         disable_tqdm=True)
+        checkpoint = seed_checkpoint(tmp_path / "work", adapter, 2, args)
+        trainer = make_sft_trainer_class()(model=load_trainable(str(tiny_gemma), cfg), args=args,
+                                           train_dataset=Dataset.from_list([{"input_ids": ids, "labels": ids}] * 4),
+                                           processing_class=tokenizer)
+        trainer.add_callback(Count())
+        return trainer, train_to_end(trainer, checkpoint, max_steps)
+
+    trainer, seconds = run(2)
+    assert steps_run == [] and seconds == 0.0 and trainer.state.global_step == 2
+    loaded = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert loaded and all(torch.all(p == 0.5) for p in loaded)  # the checkpoint's weights, not a fresh adapter's
+    trainer, seconds = run(3)
+    assert steps_run == [3] and seconds > 0.0
+
+
+def test_grpo_can_train_a_finished_adapter_further_from_its_weights(tiny_gemma, tmp_path):
+    from training.grpo import start_policy
+    from training.sft import save_adapter
+
+    cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu"})
+    finished = load_trainable(str(tiny_gemma), cfg)
+    for name, p in finished.named_parameters():
+        if "lora_B" in name:
+            p.data.fill_(0.5)
+    adapter = save_adapter(finished, tmp_path / "adapter", {"steps": 2})
+    grpo = load_config("cpu-grpo", {"base_policy": str(tiny_gemma), "start_adapter": str(adapter), "device": "cpu"})
+    assert start_policy(grpo) == str(tiny_gemma)  # the adapter goes over the base, not over a merged copy
+    model = load_trainable(start_policy(grpo), grpo, adapter)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(torch.all(p == 0.5) for n, p in trainable.items() if "lora_B" in n)
+    with pytest.raises(ValueError, match="start_adapter trains an adapter over base_policy"):
+        load_config("cpu-grpo", {"policy": "bundled:gemma-3-270m"})
+
+
 def test_continuing_needs_an_adapter_with_recorded_steps(tiny_gemma, tmp_path):
     from training.sft import start_from_adapter
 

@@ -4,7 +4,8 @@
   into the run folder, keeping the newest few;
 - `resume_point`: the newest complete checkpoint of a run;
 - `seed_checkpoint`: a run's first checkpoint made from a finished LoRA adapter, so that a
-  run continues a shipped policy's training instead of starting over.
+  run continues a shipped policy's training instead of starting over;
+- `train_to_end`: train from a checkpoint to the run's last step, and no further.
 
 Finished policies (saving, publishing `latest`) are `crosearch_agent.policy_folders`'.
 """
@@ -93,3 +94,22 @@ class AtomicCheckpoints:
             shutil.rmtree(staging, ignore_errors=True)
             for _, old in checkpoint_steps(final)[:-self.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def train_to_end(trainer, resume_from: Path | None, max_steps: int) -> float:
+    """Train on from `resume_from` (None: from the start) to `max_steps` (<= 0: the limit the
+    checkpoint's trainer state records, as an epoch-sized run has); returns the seconds trained.
+
+    A checkpoint that already holds every step is loaded instead: the trainer would train one
+    step past it, since it checks its step limit only after a step."""
+    from transformers import TrainerState
+
+    if resume_from is not None:
+        state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+        limit = max_steps if max_steps > 0 else state.max_steps
+        if limit > 0 and state.global_step >= limit:
+            trainer._load_from_checkpoint(str(resume_from))
+            trainer.state = state
+            return 0.0
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return result.metrics.get("train_runtime") or 0.0

@@ -47,6 +47,10 @@ class TrainConfig:
     # -- policies
     base_policy: str = option(BUNDLED_POLICY, "the policy the warm-up starts from")
     policy: str | None = option(None, "GRPO's start (default: this run's warm-up, made first when missing)")
+    start_adapter: str | None = option(None, "GRPO: train this LoRA adapter further over base_policy (a folder; relative: "
+                                             "in the repository, e.g. policies/NAME) instead of a new adapter over "
+                                             "the start policy; the run's adapter then has the same shape and "
+                                             "training.ship can ship it")
     warmup: bool = option(True, "run the format warm-up before GRPO when its checkpoint is missing")
     # -- the agent: retrieval, turns, token budget (one source for rollouts, the warm-up and serving)
     agent: Settings = option(factory=training_agent, exclude=NOT_AGENT_OPTIONS,
@@ -153,6 +157,8 @@ class TrainConfig:
             problems.append(f"publish must be true, false or force, not {self.publish!r}")
         if self.lora_r < 0 or self.lora_layers < 0:
             problems.append("lora_r and lora_layers must be >= 0")
+        if self.start_adapter and self.policy:
+            problems.append("start_adapter trains an adapter over base_policy; policy names another start: set one")
         if self.group_languages < 1:
             problems.append("group_languages must be at least 1")
         for name in ("steps", "questions_per_step", "per_device_batch_size", "sft_batch_size", "sft_grad_accum",
@@ -168,6 +174,11 @@ class TrainConfig:
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
         return self
+
+
+def repo_path(path: str) -> Path:
+    """A folder option: absolute as given, relative in the repository (`policies/NAME`)."""
+    return (REPO_ROOT / path).resolve()
 
 
 def agent_from(options: dict) -> Settings:

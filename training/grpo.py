@@ -37,6 +37,8 @@ def start_policy(cfg: TrainConfig, log=print) -> str:
 
     if cfg.policy:
         return resolve_policy(cfg.policy)
+    if cfg.start_adapter:
+        return resolve_policy(cfg.base_policy)
     if not cfg.warmup:
         return resolve_policy(cfg.base_policy)
     if not is_policy_dir(cfg.warmup_dir):
@@ -156,7 +158,8 @@ def make_recorder_factory(cfg: TrainConfig, tokenizer):
                 cache["r"] = VLLMTurns(trainer.vllm_generation.llm, tokenizer, cfg.seed)
             else:
                 model = trainer.accelerator.unwrap_model(trainer.model)
-                cache["r"] = ModelTurns(model, tokenizer, cfg.seed)
+                # sampled under bf16 autocast where the trainer computes in it
+                cache["r"] = ModelTurns(model, tokenizer, cfg.seed, autocast_bf16=bool(trainer.args.bf16))
         return cache["r"]
 
     return recorder_for
@@ -170,8 +173,11 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     from training import checkpoints, data, rewards
     from training.logs import StepLogger
     from training.rollout import RolloutStats, make_rollout_func
-    from training.config import agent_options
+    from crosearch_agent.config import portable
+    from crosearch_agent.eval import git_commit
+    from training.config import agent_options, repo_path
     from training.data import make_agent_factory
+    from training.sft import save_adapter
     from training.model import load_trainable
 
     t0 = time.perf_counter()
@@ -210,7 +216,10 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     Trainer = make_trainer_class()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*rollout_func.*")
-        model = load_trainable(policy, cfg) if cfg.freeze_embeddings else policy
+        adapter = repo_path(cfg.start_adapter) if cfg.start_adapter else None
+        if adapter is not None:
+            log(f"training the LoRA adapter {adapter} further")
+        model = load_trainable(policy, cfg, adapter) if cfg.freeze_embeddings or adapter else policy
         trainer = Trainer(model=model, reward_funcs=rewards.reward_funcs(cfg.answer_metric), args=grpo_args(cfg),
                           train_dataset=Dataset.from_dict({"prompt": [e.key for e in examples]}),
                           processing_class=tokenizer, rollout_func=rollout_func)
@@ -220,17 +229,21 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     trainer.add_callback(logger)
     if resume_from:
         log(f"resuming from {resume_from}")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = checkpoints.train_to_end(trainer, resume_from, cfg.steps)
 
     rows = logger.rows
     info = {"kind": "grpo", "run": cfg.name, "start_policy": policy, "steps": trainer.state.global_step,
-            "train_seconds": result.metrics.get("train_runtime"), "wall_seconds": round(time.perf_counter() - t0, 1),
-            "device": device_kind(cfg), "agent": agent_options(cfg), "config": cfg.as_dict(),
+            "train_seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
+            "device": device_kind(cfg), "agent": agent_options(cfg), "config": cfg.as_dict(), "commit": git_commit(),
             "first_step": rows[0] if rows else None, "last_step": rows[-1] if rows else None}
     state = trainer.accelerator.get_state_dict(trainer.model)  # gathers ZeRO-3 shards (every process takes part)
     if trainer.accelerator.is_main_process:
         trained = trainer.accelerator.unwrap_model(trainer.model)
         if hasattr(trained, "merge_and_unload"):  # a LoRA run: the served policy is the merged model
+            if adapter is not None:  # the same shape as the adapter it continued: training.ship ships it
+                start = json.loads((adapter / "training.json").read_text()) if (adapter / "training.json").is_file() else {}
+                save_adapter(trained, run_dir / "adapter",
+                             {**info, "started_from": portable({"adapter": str(adapter), "training": start})})
             trained, state = trained.merge_and_unload(), None
         policy_folders.save_policy(trained, tokenizer, cfg.policy_dir, info, source=policy, state_dict=state)
         publish_if_not_worse(cfg, cfg.policy_dir, log)

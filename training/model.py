@@ -5,16 +5,21 @@ from __future__ import annotations
 from training.config import TrainConfig
 
 
-def load_trainable(path: str, cfg: TrainConfig):
+def load_trainable(path: str, cfg: TrainConfig, adapter=None):
     """The policy to train, in float32 (bf16 autocast computes; small updates are not lost to
-    bf16 rounding), with its embedding frozen when the config says so; with `lora_r` > 0 a
-    peft LoRA model over all linear layers of the top `lora_layers` decoder layers."""
+    bf16 rounding), with its embedding frozen when the config says so; with `adapter` (a
+    folder) that LoRA adapter, trainable, else with `lora_r` > 0 a new peft LoRA model over
+    all linear layers of the top `lora_layers` decoder layers."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too
+    if adapter is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     if not cfg.lora_r:
         return model
     from peft import LoraConfig, get_peft_model

@@ -227,7 +227,7 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     from crosearch_agent.eval import git_commit
     from crosearch_agent.policy_folders import resolve_policy
     from crosearch_agent.policy_folders import save_policy
-    from training.checkpoints import resume_point
+    from training.checkpoints import resume_point, train_to_end
     from training.config import device_kind, trainer_device_args
     from training.logs import plot_warmup_loss
 
@@ -263,8 +263,7 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
     trainer.add_callback(clock)
     if resume_from:
         log(f"warm-up: resuming from {resume_from} ({clock.earlier:.0f} s of training before it)")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = clock.earlier + (result.metrics.get("train_runtime") or 0.0)  # every run that led here
+    seconds = clock.earlier + train_to_end(trainer, resume_from, args.max_steps)  # every run that led here
     info = {"kind": "warmup", "run": cfg.name, "base_policy": base, "steps": trainer.state.global_step, "data": stats,
             **loss_ends(trainer.state.log_history),
             "train_seconds": seconds, "rows_trained": trainer.state.global_step * cfg.sft_batch_size * cfg.sft_grad_accum,
@@ -345,9 +344,9 @@ def _check_lora_shape(cfg: TrainConfig, adapter: Path, info: dict) -> None:
 
 def _start_adapter(cfg: TrainConfig) -> Path:
     """`sft_start_adapter` as a folder; a relative one is in the repository (`policies/NAME`)."""
-    from crosearch_agent.config import REPO_ROOT
+    from training.config import repo_path
 
-    return (REPO_ROOT / cfg.sft_start_adapter).resolve()
+    return repo_path(cfg.sft_start_adapter)
 
 
 def _start_note(cfg: TrainConfig) -> dict | None:
@@ -368,7 +367,8 @@ def save_adapter(model, folder: Path, info: dict) -> Path:
     from crosearch_agent.policy_folders import INFO
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        # the trained adapter only: a GRPO run also holds TRL's frozen reference copy ("ref")
+        model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=["default"])
         (tmp / INFO).write_text(json.dumps(info, indent=2, default=str))
 
     write_folder(folder, write)

