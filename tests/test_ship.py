@@ -71,7 +71,7 @@ def test_a_grpo_runs_card_tells_the_warmup_it_continued_and_what_grpo_did():
     warmup = {"run": "gpu-reader", "steps": 930, "rows_trained": 14880, "train_seconds": 610.0, "device": "cuda",
               "lora": {"r": 32, "alpha": 64, "layers": 0}, "data": {"rows": 7429}, "commit": "abc"}
     grpo = {"kind": "grpo", "steps": 16, "train_seconds": 2160.0, "device": "cpu", "commit": "def",
-            "agent": {"k": 2}, "first_step": {"reward": 0.7}, "last_step": {"reward": 0.8},
+            "agent": {"k": 2}, "first_step": {"reward": 0.7}, "last_step": {"reward": 0.83333},
             "config": {"questions_per_step": 2, "num_generations": 6, "multilingual": True, "group_languages": 3,
                        "learning_rate": 5e-5, "beta": 0.02, "reward_weights": {"answer": 1.0}},
             "started_from": {"adapter": "<repo>/policies/crosearch-reader-270m", "training": warmup}}
@@ -79,7 +79,7 @@ def test_a_grpo_runs_card_tells_the_warmup_it_continued_and_what_grpo_did():
     assert "7429 rows; 14880 rows trained (930 optimizer steps)" in card and "every decoder layer" in card
     assert ("GRPO (`training/grpo.py`) trained the warm-up's adapter further: 16 steps of 2 questions x 6 rollouts "
             "(groups over 3 languages of one question), learning rate 5e-05") in card
-    assert "2160 s on cpu" in card and '`{"k": 2}`' in card
+    assert "reward 0.700 at the first step, 0.833 at the last; 2160 s on cpu" in card and '`{"k": 2}`' in card
     assert ("`python -m training.sft --config gpu-reader`, then `python -m training.grpo --config cpu-grpo` and "
             "`python -m training.ship --config cpu-grpo`") in card
     assert "Commit of the code that trained it: def" in card

@@ -225,7 +225,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
                           processing_class=tokenizer, rollout_func=rollout_func)
     trainer.keep_checkpoints = cfg.save_total_limit
     resume_step = int(resume_from.name.split("-")[1]) if resume_from else None
-    logger = StepLogger(run_dir, stats, f"{cfg.name}: GRPO from {Path(policy).name}", resume_step)
+    logger = StepLogger(run_dir, stats, f"{cfg.name}: GRPO from {(adapter or Path(policy)).name}", resume_step)
     trainer.add_callback(logger)
     if resume_from:
         log(f"resuming from {resume_from}")

@@ -42,8 +42,12 @@ def grpo_line(info: dict) -> str:
     return (f"- GRPO (`training/grpo.py`) trained the warm-up's adapter further: {info.get('steps')} steps of "
             f"{cfg.get('questions_per_step')} questions x {cfg.get('num_generations')} rollouts ({groups}), "
             f"learning rate {cfg.get('learning_rate')}, KL weight {cfg.get('beta')}, reward weights "
-            f"{json.dumps(cfg.get('reward_weights'))}; reward {first.get('reward')} at the first step, "
-            f"{last.get('reward')} at the last; {info.get('train_seconds') or 0:.0f} s on {info.get('device')}.")
+            f"{json.dumps(cfg.get('reward_weights'))}; reward {_num(first.get('reward'))} at the first step, "
+            f"{_num(last.get('reward'))} at the last; {info.get('train_seconds') or 0:.0f} s on {info.get('device')}.")
+
+
+def _num(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
 
 
 def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> str:
