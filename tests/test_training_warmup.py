@@ -115,20 +115,28 @@ def test_a_warmup_continues_a_finished_adapter_after_its_steps(tiny_gemma, tmp_p
     assert all(torch.equal(trained[n].detach(), p) for n, p in expected.items())  # lr 0: still the adapter's
 
 
+def _trained_adapter(base, tmp_path):
+    """(config, folder) of a saved LoRA adapter on the top layer whose lora_B weights are all
+    0.5 (zero when fresh), as if trained for 2 steps."""
+    from training.sft import save_adapter
+
+    cfg = load_config("cpu-reader", {"base_policy": str(base), "lora_r": 4, "lora_layers": 1, "device": "cpu"})
+    finished = load_trainable(str(base), cfg)
+    for name, p in finished.named_parameters():
+        if "lora_B" in name:
+            p.data.fill_(0.5)
+    return cfg, save_adapter(finished, tmp_path / "adapter", {"steps": 2})
+
+
 def test_a_run_rerun_after_its_last_step_loads_that_checkpoint_and_trains_no_step_more(tiny_gemma, tmp_path):
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig
     from datasets import Dataset
 
     from training.checkpoints import seed_checkpoint, train_to_end
-    from training.sft import make_sft_trainer_class, save_adapter
+    from training.sft import make_sft_trainer_class
 
-    cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu"})
-    finished = load_trainable(str(tiny_gemma), cfg)
-    for name, p in finished.named_parameters():
-        if "lora_B" in name:
-            p.data.fill_(0.5)
-    adapter = save_adapter(finished, tmp_path / "adapter", {"steps": 2})
+    cfg, adapter = _trained_adapter(tiny_gemma, tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_gemma)
     ids = tokenizer("Doc 1 says: 1263.")["input_ids"]
     steps_run = []
@@ -158,14 +166,8 @@ def test_a_run_rerun_after_its_last_step_loads_that_checkpoint_and_trains_no_ste
 
 def test_grpo_can_train_a_finished_adapter_further_from_its_weights(tiny_gemma, tmp_path):
     from training.grpo import start_policy
-    from training.sft import save_adapter
 
-    cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu"})
-    finished = load_trainable(str(tiny_gemma), cfg)
-    for name, p in finished.named_parameters():
-        if "lora_B" in name:
-            p.data.fill_(0.5)
-    adapter = save_adapter(finished, tmp_path / "adapter", {"steps": 2})
+    _, adapter = _trained_adapter(tiny_gemma, tmp_path)
     grpo = load_config("cpu-grpo", {"base_policy": str(tiny_gemma), "start_adapter": str(adapter), "device": "cpu"})
     assert start_policy(grpo) == str(tiny_gemma)  # the adapter goes over the base, not over a merged copy
     model = load_trainable(start_policy(grpo), grpo, adapter)

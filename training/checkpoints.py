@@ -108,7 +108,7 @@ def train_to_end(trainer, resume_from: Path | None, max_steps: int) -> float:
         state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
         limit = max_steps if max_steps > 0 else state.max_steps
         if limit > 0 and state.global_step >= limit:
-            trainer._load_from_checkpoint(str(resume_from))
+            trainer._load_from_checkpoint(str(resume_from))  # what train() loads before its first step
             trainer.state = state
             return 0.0
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

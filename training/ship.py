@@ -3,8 +3,9 @@
 The repository ships one trained policy as a small artifact (`policies/<name>/`: the adapter's
 safetensors and config, `training.json`, a model card and `SHA256SUMS`), which `make setup`
 merges onto the bundled base (crosearch_agent.bundled). This copies a finished run's
-adapter there (a warm-up's, or a GRPO run's that trained a warm-up's adapter further) and writes the card: base model, data, configuration, the exact command, the
-commit, and the eval table when `--eval` names an eval folder (results.md).
+adapter there (a warm-up's, or a GRPO run's that trained a warm-up's adapter further) and
+writes the card: base model, data, configuration, the exact commands, the commit, and the
+eval table when `--eval` names an eval folder (results.md).
 """
 from __future__ import annotations
 
