@@ -80,6 +80,7 @@ def test_a_grpo_runs_card_tells_the_warmup_it_continued_and_what_grpo_did():
     assert ("GRPO (`training/grpo.py`) trained the warm-up's adapter further: 16 steps of 2 questions x 6 rollouts "
             "(groups over 3 languages of one question), learning rate 5e-05") in card
     assert "reward 0.700 at the first step, 0.833 at the last; 2160 s on cpu" in card and '`{"k": 2}`' in card
-    assert ("`python -m training.sft --config gpu-reader`, then `python -m training.grpo --config cpu-grpo` and "
+    assert ("`python -m training.sft --config gpu-reader`, then `python -m training.grpo --config cpu-grpo "
+            "--start-adapter <data home>/training/gpu-reader/adapter` (that warm-up's adapter) and "
             "`python -m training.ship --config cpu-grpo`") in card
     assert "Commit of the code that trained it: def" in card

@@ -57,7 +57,8 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
         info = {**((grpo.get("started_from") or {}).get("training") or {}), "agent": grpo.get("agent")}
     data, lora = info.get("data", {}), info.get("lora") or {}
     reproduce = (f"`python -m training.sft --config {info.get('run')}`, then `python -m training.grpo --config "
-                 f"{config_name}` and `python -m training.ship --config {config_name}`" if grpo else
+                 f"{config_name} --start-adapter <data home>/training/{info.get('run')}/adapter` (that warm-up's "
+                 f"adapter) and `python -m training.ship --config {config_name}`" if grpo else
                  f"`python -m training.sft --config {config_name}` then `python -m training.ship --config {config_name}`")
     lines = [
         f"# {name}", "",
