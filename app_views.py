@@ -375,10 +375,8 @@ def evidence_html(record: dict | None) -> str:
     return head + agreement_html(record, anchored) + '<div class="cs-evidence">' + "".join(parts) + "</div>"
 
 
-def evidence_card(item: dict, answer: str | None, query: str, support: dict | None = None,
-                  anchored: set[str] | None = None) -> str:
+def evidence_card(item: dict, answer: str | None, query: str, support: dict | None, anchored: set[str]) -> str:
     """One evidence item's card; `anchored`: the passage ids the view has given so far (updated)."""
-    anchored = set() if anchored is None else anchored
     members = item["members"]
     supporting = next((m for m in members if support and m["id"] == support["passage_id"]), None)
     main = supporting or members[0]

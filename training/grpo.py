@@ -37,9 +37,7 @@ def start_policy(cfg: TrainConfig, log=print) -> str:
 
     if cfg.policy:
         return resolve_policy(cfg.policy)
-    if cfg.start_adapter:
-        return resolve_policy(cfg.base_policy)
-    if not cfg.warmup:
+    if cfg.start_adapter or not cfg.warmup:  # a start adapter goes over the base itself
         return resolve_policy(cfg.base_policy)
     if not is_policy_dir(cfg.warmup_dir):
         from training.sft import run_warmup
@@ -177,7 +175,7 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     from crosearch_agent.eval import git_commit
     from training.config import agent_options, repo_path
     from training.data import make_agent_factory
-    from training.sft import save_adapter
+    from training.sft import adapter_notes, save_adapter
     from training.model import load_trainable
 
     t0 = time.perf_counter()
@@ -241,9 +239,8 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
         trained = trainer.accelerator.unwrap_model(trainer.model)
         if hasattr(trained, "merge_and_unload"):  # a LoRA run: the served policy is the merged model
             if adapter is not None:  # the same shape as the adapter it continued: training.ship ships it
-                start = json.loads((adapter / "training.json").read_text()) if (adapter / "training.json").is_file() else {}
-                save_adapter(trained, run_dir / "adapter",
-                             {**info, "started_from": portable({"adapter": str(adapter), "training": start})})
+                start = portable({"adapter": str(adapter), "training": adapter_notes(adapter)})
+                save_adapter(trained, run_dir / "adapter", {**info, "started_from": start})
             trained, state = trained.merge_and_unload(), None
         policy_folders.save_policy(trained, tokenizer, cfg.policy_dir, info, source=policy, state_dict=state)
         publish_if_not_worse(cfg, cfg.policy_dir, log)

@@ -211,6 +211,11 @@ def _read_json(path: Path):
         return None
 
 
+def adapter_notes(adapter: Path) -> dict:
+    """A saved adapter's training notes (its training.json; empty when it has none)."""
+    return _read_json(Path(adapter) / "training.json") or {}
+
+
 # ---------------------------------------------------------------- training
 
 def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
@@ -315,7 +320,7 @@ def start_from_adapter(cfg: TrainConfig, work: Path, args, log=print) -> Path | 
     if not cfg.lora_r:
         raise ValueError("sft_start_adapter continues a LoRA adapter: set lora_r > 0")
     adapter = _start_adapter(cfg)
-    info = _read_json(adapter / "training.json") or {}
+    info = adapter_notes(adapter)
     step = int(info.get("steps") or 0)
     if step < 1:
         raise ValueError(f"{adapter}/training.json records no training steps to continue from")
@@ -356,7 +361,7 @@ def _start_note(cfg: TrainConfig) -> dict | None:
     from crosearch_agent.config import portable
 
     adapter = _start_adapter(cfg)
-    info = _read_json(adapter / "training.json") or {}
+    info = adapter_notes(adapter)
     return portable({"adapter": str(adapter), "steps": info.get("steps"), "rows_trained": info.get("rows_trained"),
                      "train_seconds": info.get("train_seconds"), "commit": info.get("commit")})
 
