@@ -84,3 +84,21 @@ def test_a_grpo_runs_card_tells_the_warmup_it_continued_and_what_grpo_did():
             "--start-adapter <data home>/training/gpu-reader/adapter` (that warm-up's adapter) and "
             "`python -m training.ship --config cpu-grpo`") in card
     assert "Commit of the code that trained it: def" in card
+
+
+def test_a_card_of_grpo_run_on_another_grpo_runs_adapter_tells_both_and_how_to_chain_them():
+    warmup = {"run": "gpu-reader", "steps": 930, "rows_trained": 14880, "train_seconds": 610.0, "device": "cuda",
+              "lora": {"r": 32, "alpha": 64, "layers": 0}, "data": {"rows": 7429}}
+    config = {"questions_per_step": 2, "num_generations": 6, "multilingual": True, "group_languages": 3}
+    first = {"kind": "grpo", "run": "cpu-grpo", "steps": 16, "config": {**config, "seed": 0},
+             "started_from": {"adapter": "<data home>/training/gpu-reader/adapter", "training": warmup}}
+    second = {"kind": "grpo", "run": "cpu-grpo-2", "steps": 40, "config": {**config, "seed": 1}, "commit": "ghi",
+              "agent": {"k": 2}, "started_from": {"adapter": "<repo>/policies/crosearch-reader-270m", "training": first}}
+    card = model_card("reader", second, "cpu-grpo", None)
+    assert "7429 rows; 14880 rows trained (930 optimizer steps)" in card
+    assert "trained the warm-up's adapter further: 16 steps" in card and "trained that adapter further: 40 steps" in card
+    assert ("`python -m training.sft --config gpu-reader`, then `python -m training.grpo --config cpu-grpo --name cpu-grpo "
+            "--steps 16 --seed 0 --start-adapter <data home>/training/gpu-reader/adapter`, then `python -m training.grpo "
+            "--config cpu-grpo --name cpu-grpo-2 --steps 40 --seed 1 --start-adapter <data home>/training/cpu-grpo/adapter` "
+            "(each from the adapter of the run before) and `python -m training.ship --config cpu-grpo --name cpu-grpo-2`") in card
+    assert "Commit of the code that trained it: ghi" in card

@@ -35,16 +35,43 @@ def continued_seconds(info: dict) -> str:
     return f", {earlier:.0f} s of the training time above; this run {info['train_seconds'] - earlier:.0f} s"
 
 
-def grpo_line(info: dict) -> str:
-    """What a GRPO run that trained a warm-up's adapter further did (its training.json)."""
+def grpo_legs(info: dict) -> tuple[dict, list[dict]]:
+    """The warm-up behind a GRPO run's adapter (its training.json) and the GRPO runs that
+    trained it further, oldest first: a GRPO run may start from another one's adapter."""
+    legs = []
+    while info.get("kind") == "grpo":
+        legs.insert(0, info)
+        info = (info.get("started_from") or {}).get("training") or {}
+    return info, legs
+
+
+def grpo_line(info: dict, after: str = "the warm-up's adapter") -> str:
+    """What a GRPO run that trained an adapter (`after`) further did (its training.json)."""
     cfg, first, last = info.get("config") or {}, info.get("first_step") or {}, info.get("last_step") or {}
     groups = (f"groups over {cfg.get('group_languages')} languages of one question" if cfg.get("multilingual")
               else "each group in one language")
-    return (f"- GRPO (`training/grpo.py`) trained the warm-up's adapter further: {info.get('steps')} steps of "
+    return (f"- GRPO (`training/grpo.py`) trained {after} further: {info.get('steps')} steps of "
             f"{cfg.get('questions_per_step')} questions x {cfg.get('num_generations')} rollouts ({groups}), "
             f"learning rate {cfg.get('learning_rate')}, KL weight {cfg.get('beta')}, reward weights "
             f"{json.dumps(cfg.get('reward_weights'))}; reward {_num(first.get('reward'))} at the first step, "
             f"{_num(last.get('reward'))} at the last; {info.get('train_seconds') or 0:.0f} s on {info.get('device')}.")
+
+
+def grpo_reproduce(warmup: dict, legs: list[dict], config: str) -> str:
+    """The commands that rebuild a GRPO-trained adapter: the warm-up, each GRPO run from the
+    adapter of the run before it (named, with its steps and seed, when there are several),
+    then the ship."""
+    several = len(legs) > 1
+    before, commands = warmup.get("run"), []
+    for leg in legs:
+        named = (f" --name {leg.get('run')} --steps {leg.get('steps')} --seed {(leg.get('config') or {}).get('seed')}"
+                 if several else "")
+        commands.append(f"`python -m training.grpo --config {config}{named} "
+                        f"--start-adapter <data home>/training/{before}/adapter`")
+        before = leg.get("run")
+    whose = "each from the adapter of the run before" if several else "that warm-up's adapter"
+    ship = f"`python -m training.ship --config {config}" + (f" --name {before}`" if several else "`")
+    return f"`python -m training.sft --config {warmup.get('run')}`, then {', then '.join(commands)} ({whose}) and {ship}"
 
 
 def _num(value) -> str:
@@ -52,13 +79,12 @@ def _num(value) -> str:
 
 
 def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> str:
-    grpo = info if info.get("kind") == "grpo" else None
-    if grpo:  # the warm-up's facts come from the adapter the run started from
-        info = {**((grpo.get("started_from") or {}).get("training") or {}), "agent": grpo.get("agent")}
+    warmup, legs = grpo_legs(info)
+    grpo = legs[-1] if legs else None
+    if grpo:  # the warm-up's facts come from the adapter the first GRPO run started from
+        info = {**warmup, "agent": grpo.get("agent")}
     data, lora = info.get("data", {}), info.get("lora") or {}
-    reproduce = (f"`python -m training.sft --config {info.get('run')}`, then `python -m training.grpo --config "
-                 f"{config_name} --start-adapter <data home>/training/{info.get('run')}/adapter` (that warm-up's "
-                 f"adapter) and `python -m training.ship --config {config_name}`" if grpo else
+    reproduce = (grpo_reproduce(info, legs, config_name) if grpo else
                  f"`python -m training.sft --config {config_name}` then `python -m training.ship --config {config_name}`")
     lines = [
         f"# {name}", "",
@@ -80,7 +106,7 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
            f"({start.get('rows_trained')} rows{continued_seconds(info)}; trained at {start.get('commit')}), "
            f"with a fresh optimizer: "
            f"`--sft-start-adapter {start['adapter'].removeprefix('<repo>/')}`."] if (start := info.get("started_from")) else []),
-        *([grpo_line(grpo)] if grpo else []),
+        *(grpo_line(leg, "the warm-up's adapter" if i == 0 else "that adapter") for i, leg in enumerate(legs)),
         f"- Agent options it was trained with: `{json.dumps(info.get('agent'))}`; it is served with the ones that "
         f"shape its prompts ({', '.join(TRAINED_OPTIONS)}), the others are the server's.",
         f"- Reproduce: {reproduce}.",
