@@ -6,6 +6,11 @@ questions both answered, method by method: the mean of each, the mean difference
 standard error, and how many questions got better or worse. With `--against METHOD` one folder
 is enough: every other method is compared with METHOD on the same questions (e.g. crosearch
 against concat_rag). A difference within about two standard errors is not a finding.
+
+XQuAD asks each question in all 12 languages, and the translations of one question tend to be
+right or wrong together, so 360 answers are far fewer independent ones. A second standard error
+treats every question id as one unit (the cluster-robust estimate over its translations); use it
+to say how many questions a difference is worth.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ class Paired:
     mean_b: float
     diff: float
     stderr: float
+    stderr_together: float  # the translations of one question counted as one unit
+    questions: int          # distinct question ids (units of stderr_together)
     better: int
     worse: int
 
@@ -56,8 +63,25 @@ def paired(a: dict, b: dict, method: str, subset: str) -> Paired | None:
     n = len(diffs)
     mean = sum(diffs) / n
     var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    units = _residual_sums(keys, diffs, mean)
     return Paired(method, subset, n, sum(a[k][1] for k in keys) / n, sum(b[k][1] for k in keys) / n, mean,
-                  math.sqrt(var / n), sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))
+                  math.sqrt(var / n), _clustered_stderr(units, n), len(units),
+                  sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))
+
+
+def _residual_sums(keys, diffs, mean) -> list[float]:
+    """Per question id (the key's first part), the sum of its translations' d - mean."""
+    sums: dict[str, float] = {}
+    for (qid, *_), d in zip(keys, diffs):
+        sums[qid] = sums.get(qid, 0.0) + d - mean
+    return list(sums.values())
+
+
+def _clustered_stderr(sums: list[float], n: int) -> float:
+    """The cluster-robust standard error of a mean of `n` values from the units' residual sums;
+    with one value per unit it is the plain standard error."""
+    g = len(sums)
+    return math.sqrt(g / (g - 1) * sum(s * s for s in sums)) / n if g > 1 else 0.0
 
 
 def compare_runs(rows_a: list[dict], rows_b: list[dict], metric: str = "f1") -> list[Paired]:
@@ -77,11 +101,13 @@ def compare_methods(rows: list[dict], against: str, metric: str = "f1") -> list[
 
 
 def markdown(results: list[Paired], name_a: str, name_b: str, metric: str) -> str:
-    lines = [f"| method | subset | n | {metric} {name_a} | {metric} {name_b} | difference | better / worse |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| method | subset | n | {metric} {name_a} | {metric} {name_b} | difference | "
+             "+- translations together (questions) | better / worse |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in results:
         lines.append(f"| {p.method} | {p.subset} | {p.n} | {p.mean_a:.3f} | {p.mean_b:.3f} | "
-                     f"{p.diff:+.3f} +- {p.stderr:.3f} | {p.better} / {p.worse} |")
+                     f"{p.diff:+.3f} +- {p.stderr:.3f} | +- {p.stderr_together:.3f} ({p.questions}) | "
+                     f"{p.better} / {p.worse} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,5 @@
-"""Paired comparison of evals: the same questions, B - A, its standard error, and how many
-questions moved."""
+"""Paired comparison of evals: the same questions, B - A, its standard error (also with a
+question's translations as one unit), and how many questions moved."""
 import json
 
 import pytest
@@ -25,6 +25,19 @@ def test_a_paired_difference_counts_only_shared_questions_and_its_moves():
     assert paired(a, {}, "crosearch", "all") is None
 
 
+def test_translations_of_one_question_that_move_together_count_as_one_question():
+    a = {("q1", "de"): ("cross", 0.0), ("q1", "en"): ("cross", 0.0), ("q2", "de"): ("cross", 1.0), ("q2", "en"): ("cross", 1.0)}
+    b = {("q1", "de"): ("cross", 1.0), ("q1", "en"): ("cross", 1.0), ("q2", "de"): ("cross", 1.0), ("q2", "en"): ("cross", 1.0)}
+    moved = paired(a, b, "crosearch", "all")
+    # differences 1, 1, 0, 0: as 4 answers +-0.289; as 2 questions (residual sums +1, -1) +-0.5
+    assert moved.stderr == pytest.approx((1 / 3 / 4) ** 0.5)
+    assert (moved.questions, moved.stderr_together) == (2, pytest.approx(0.5))
+    # one answer per question: the same as the plain standard error
+    single = {k: v for k, v in a.items() if k[1] == "de"}
+    alone = paired({**single, ("q3", "de"): ("cross", 0.5)}, b | {("q3", "de"): ("cross", 0.0)}, "crosearch", "all")
+    assert alone.questions == 3 and alone.stderr_together == pytest.approx(alone.stderr)
+
+
 def test_two_runs_and_two_methods_of_one_run():
     run_a = [_row("crosearch", "q1", "de", "cross", 0.0), _row("concat_rag", "q1", "de", "cross", 1.0)]
     run_b = [_row("crosearch", "q1", "de", "cross", 1.0), _row("oracle", "q1", "de", "cross", 1.0)]
@@ -41,6 +54,6 @@ def test_the_command_prints_a_table_or_says_what_is_missing(tmp_path, capsys):
     rows = [_row("crosearch", "q1", "de", "cross", 0.5), _row("concat_rag", "q1", "de", "cross", 0.0)]
     (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main([str(folder), "--against", "concat_rag"]) == 0
-    assert "| crosearch | cross | 1 | 0.000 | 0.500 | +0.500 +- 0.000 | 1 / 0 |" in capsys.readouterr().out
+    assert "| crosearch | cross | 1 | 0.000 | 0.500 | +0.500 +- 0.000 | +- 0.000 (1) | 1 / 0 |" in capsys.readouterr().out
     assert main([str(tmp_path / "nowhere"), str(folder)]) == 1
     assert "no eval rows at" in capsys.readouterr().err
