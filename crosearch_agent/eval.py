@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -102,8 +103,7 @@ def run_retrieval(settings: Settings, split: str, methods, limit: int | None, k:
     langs = [l for l in (settings.languages or retriever.languages) if l in retriever.languages]
     questions = []
     for lang in langs:
-        qs = qa_data.xquad_questions([lang], split, settings.data_dir)
-        questions += qs[:limit] if limit else qs
+        questions += spread(qa_data.xquad_questions([lang], split, settings.data_dir), limit)
     print(f"{len(questions)} questions ({split}) in {len(langs)} languages; encoding...", flush=True)
     local_docs = {lang: {p.doc_id for p in retriever.collection.passages[lang]} for lang in retriever.languages}
     t0 = time.perf_counter()
@@ -166,9 +166,25 @@ def support_scores(rows: list[dict]) -> dict:
             "disagree": sum(r["agreement"] == "disagree" for r in with_evidence) / len(with_evidence)}
 
 
+def spread(questions: list, limit: int | None) -> list:
+    """At most `limit` of one language's questions, spread over its split: the first question
+    of every paragraph (paragraphs in a fixed pseudo-random order), then every second one, and
+    so on. XQuAD's translations share paragraphs and question order, so every language gets
+    the same questions. The first 30 test questions in file order were 2 paragraphs of one
+    article; these are 30 paragraphs of 15 articles."""
+    if not limit:
+        return list(questions)
+    seen: dict[str, int] = {}
+    keyed = []
+    for q in questions:
+        nth = seen[q.doc_id] = seen.get(q.doc_id, -1) + 1
+        keyed.append(((nth, hashlib.sha256(q.doc_id.encode()).hexdigest()), q))
+    return [q for _, q in sorted(keyed, key=lambda pair: pair[0])[:limit]]
+
+
 def qa_questions(dataset: str, split: str, langs, limit: int | None, data_dir=None) -> list:
-    """The questions of a split, at most `limit` per language, in a stable order.
-    `langs` None: every language the data set has."""
+    """The questions of a split, at most `limit` per language (`spread` over its paragraphs),
+    in a stable order. `langs` None: every language the data set has."""
     if dataset == "xquad":
         langs = langs or qa_data.XQUAD_LANGS
         by_lang = {lang: qa_data.xquad_questions([lang], split, data_dir) for lang in langs}
@@ -178,7 +194,7 @@ def qa_questions(dataset: str, split: str, langs, limit: int | None, data_dir=No
         by_lang = {lang: [q for q in questions if q.lang == lang] for lang in langs}
     else:
         raise ValueError(f"unknown dataset {dataset!r}; choose xquad or tydiqa-goldp")
-    return [q for lang in langs for q in (by_lang[lang][:limit] if limit else by_lang[lang])]
+    return [q for lang in langs for q in spread(by_lang[lang], limit)]
 
 
 def parallel_golds(questions, split: str, data_dir=None) -> dict[str, dict[str, list[str]]]:
@@ -383,7 +399,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", help="XQuAD article-level split (train/dev/test, EVAL.md) or TyDi file split")
     parser.add_argument("--methods", default=None, help=f"comma-separated methods (qa: {','.join(QA_METHODS)}; "
                                                         f"retrieval: {','.join(RETRIEVAL_METHODS)})")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many questions per language")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many questions per language, spread over the split's paragraphs (one per paragraph first; "
+                        "the same questions in every language)")
     parser.add_argument("--batch-size", type=int, default=32, help="questions sent through the policy backend together")
     parser.add_argument("--out", default=None, help="output folder (default: <data home>/eval/<task>-<collection>-<split>)")
     Settings.add_arguments(parser)

@@ -17,6 +17,22 @@ def test_xquad_article_split_matches_eval_md(shared_data):
     assert collections.Counter(qa_data.xquad_split(q.title) for q in questions) == {"train": 525, "dev": 196, "test": 469}
 
 
+def test_an_evals_limit_takes_the_same_questions_in_every_language_one_per_paragraph_first(shared_data):
+    from crosearch_agent.eval import qa_questions, spread
+
+    questions = qa_questions("xquad", "test", None, 30)
+    ids = collections.defaultdict(list)
+    for q in questions:
+        ids[q.lang].append(q.id)
+    assert len(ids) == 12 and all(those == ids["en"] for those in ids.values()) and len(ids["en"]) == 30
+    assert len({q.doc_id for q in questions}) == 30 and len({q.title for q in questions}) == 15
+    # Past one question per paragraph, the second ones follow; no limit: all, in file order.
+    a = [qa_data.Question(f"a{i}", "en", "?", ("x",), "xquad", "A", 0) for i in range(3)]
+    b = [qa_data.Question("b0", "en", "?", ("x",), "xquad", "B", 0)]
+    assert [q.id for q in spread(a + b, 3)][2] == "a1" and {q.id for q in spread(a + b, 2)} == {"a0", "b0"}
+    assert spread(a + b, None) == a + b
+
+
 def test_translations_share_ids_titles_and_paragraphs(shared_data):
     en = qa_data.load_xquad("en")[1]
     for lang in ("zh", "th", "ar"):

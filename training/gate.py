@@ -57,8 +57,9 @@ def slice_scores(policy: str, cfg, log=print) -> dict:
 
 def _cache_key(policy: Path, cfg) -> str:
     stamp = max((p.stat().st_mtime_ns for p in policy.glob("*.safetensors")), default=0)
-    return json.dumps([str(policy), stamp, cfg.agent.collection, cfg.gate_questions, cfg.gate_backend, cfg.seed,
-                       sorted(cfg.languages)])
+    # "spread": the slice's questions as eval.spread picks them (scores of the file-order pick are stale)
+    return json.dumps([str(policy), stamp, cfg.agent.collection, cfg.gate_questions, "spread", cfg.gate_backend,
+                       cfg.seed, sorted(cfg.languages)])
 
 
 def incumbent_scores(cfg, log=print, scorer=None) -> tuple[str, dict]:
