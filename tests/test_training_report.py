@@ -44,3 +44,12 @@ def test_evals_with_other_options_are_flagged(tmp_path):
     b = _eval(tmp_path / "b", "p2", 0.2, k=5)
     main(["--eval", f"a={a}", "--eval", f"b={b}", "--out", str(tmp_path / "out")])
     assert "- k: a=2, b=5" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_resumed_runs_clock_goes_on_from_its_checkpoints_step(tmp_path):
+    from training.logs import StepLogger
+
+    write_rows(tmp_path / "log.csv", [{"step": i, "time_s": 90.0 * i, "reward": 0.5} for i in range(1, 5)])
+    resumed = StepLogger(tmp_path, stats=None, resume_step=2)  # steps 3 and 4 are trained again
+    assert [int(r["step"]) for r in resumed.rows] == [1, 2] and resumed.elapsed == 180.0
+    assert StepLogger(tmp_path, stats=None).elapsed == 0.0  # a fresh run

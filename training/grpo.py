@@ -230,8 +230,9 @@ def train(cfg: TrainConfig, resume: bool = False, restart: bool = False, log=pri
     seconds = checkpoints.train_to_end(trainer, resume_from, cfg.steps)
 
     rows = logger.rows
+    # The logger's clock spans every leg of a resumed run; the trainer's only this process's.
     info = {"kind": "grpo", "run": cfg.name, "start_policy": policy, "steps": trainer.state.global_step,
-            "train_seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
+            "train_seconds": logger.elapsed or seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
             "device": device_kind(cfg), "agent": agent_options(cfg), "config": cfg.as_dict(), "commit": git_commit(),
             "first_step": rows[0] if rows else None, "last_step": rows[-1] if rows else None}
     state = trainer.accelerator.get_state_dict(trainer.model)  # gathers ZeRO-3 shards (every process takes part)

@@ -79,8 +79,13 @@ class StepLogger(TrainerCallback):
         self.csv, self.png = Path(run_dir) / "log.csv", Path(run_dir) / "curves.png"
         self.stats, self.title = stats, title
         self.rows = [r for r in read_rows(self.csv) if resume_step is not None and int(r["step"]) <= resume_step]
-        self.t0 = time.perf_counter() - (float(self.rows[-1]["time_s"]) if self.rows else 0.0)
+        self.t0 = time.perf_counter() - self.elapsed
         self.step_start = None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training up to the last step logged, over every leg of a resumed run."""
+        return float(self.rows[-1]["time_s"]) if self.rows else 0.0
 
     def on_step_begin(self, args, state, control, **kw):
         self.step_start = time.perf_counter()
