@@ -2,7 +2,7 @@
 names any eval option that differs besides the policy."""
 import json
 
-from training.logs import write_rows
+from training.logs import read_rows, write_rows
 from training.report import main
 
 
@@ -53,3 +53,15 @@ def test_a_resumed_runs_clock_goes_on_from_its_checkpoints_step(tmp_path):
     resumed = StepLogger(tmp_path, stats=None, resume_step=2)  # steps 3 and 4 are trained again
     assert [int(r["step"]) for r in resumed.rows] == [1, 2] and resumed.elapsed == 180.0
     assert StepLogger(tmp_path, stats=None).elapsed == 0.0  # a fresh run
+
+
+def test_each_step_logs_memory_now_and_at_its_peak(tmp_path):
+    from types import SimpleNamespace
+
+    from training.logs import StepLogger
+    from training.rollout import RolloutStats
+
+    logger = StepLogger(tmp_path, RolloutStats())
+    logger.on_log(None, SimpleNamespace(global_step=1, is_world_process_zero=True), None, logs={"reward": 0.5})
+    row = read_rows(tmp_path / "log.csv")[0]
+    assert 0 < float(row["rss_mb"]) <= float(row["peak_rss_mb"])

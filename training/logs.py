@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 COLUMNS = ("step", "time_s", "step_s", "reward", "reward_answer", "reward_format", "reward_language", "reward_std",
            "kl", "loss", "learning_rate", "format_valid_rate", "answered_rate", "mean_searches",
-           "cross_lingual_search_share", "policy_tokens", "env_tokens", "rollout_s", "peak_rss_mb")
+           "cross_lingual_search_share", "policy_tokens", "env_tokens", "rollout_s", "rss_mb", "peak_rss_mb")
 # TRL's log keys for the columns that come from it.
 TRL_KEYS = {"reward": "reward", "reward_answer": "rewards/answer/mean", "reward_format": "rewards/format/mean",
             "reward_language": "rewards/language/mean", "reward_std": "reward_std", "kl": "kl", "loss": "loss",
@@ -24,6 +24,13 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def rss_mb() -> float:
+    """Resident memory now; beside the peak it tells a leak (both climb) from one large step."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -96,7 +103,7 @@ class StepLogger(TrainerCallback):
             return
         row = {"step": state.global_step, "time_s": round(time.perf_counter() - self.t0, 1),
                "step_s": round(time.perf_counter() - self.step_start, 1) if self.step_start else "",
-               "peak_rss_mb": round(peak_rss_mb())}
+               "rss_mb": round(rss_mb()), "peak_rss_mb": round(peak_rss_mb())}
         row.update({col: logs.get(key, "") for col, key in TRL_KEYS.items()})
         row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in self.stats.take().items()})
         self.rows.append(row)
