@@ -80,7 +80,7 @@ def step_message(step: Step, note: str = "") -> gr.ChatMessage:
                                               "status": "pending"})
     if isinstance(step, EvidenceStep):
         langs = ", ".join(step.languages) or "no language"
-        lines = [evidence_line(item) for item in step.items] or ["No passages found."]
+        lines = [evidence_line(item, step.read_lang) for item in step.items] or ["No passages found."]
         meta = {"title": f"Evidence from search {step.turn}: {len(step.items)} items ({langs})", **done}
         if step.missing:  # a retrieval service was down: say which languages the evidence lacks, panel open
             lines.append(f"\n_{md_text(missing_note(step.missing))}_")
@@ -97,11 +97,13 @@ def step_message(step: Step, note: str = "") -> gr.ChatMessage:
     return gr.ChatMessage(md_text(str(step)), metadata={"title": step.kind, **done})
 
 
-def evidence_line(item) -> str:
-    """One evidence item as a Markdown list line: languages, title, excerpt."""
-    also = [l for l in item.languages[1:]]
-    where = lang_label(item.lang) + (f"; also in {', '.join(lang_label(l) for l in also)}" if also else "")
-    return f"{item.rank}. [{where}] **{md_text(one_line(item.title))}**: {md_text(one_line(item.text, EXCERPT_CHARS))}"
+def evidence_line(item, read_lang: str = "") -> str:
+    """One evidence item as a Markdown list line: the version the policy read (the question's
+    language where the item has it), the item's other languages, title, excerpt."""
+    read = item.shown(read_lang).passage
+    also = [l for l in item.languages if l != read.lang]
+    where = lang_label(read.lang) + (f"; also in {', '.join(lang_label(l) for l in also)}" if also else "")
+    return f"{item.rank}. [{where}] **{md_text(one_line(read.title))}**: {md_text(one_line(read.text, EXCERPT_CHARS))}"
 
 
 def finish_search(message: gr.ChatMessage, duration_s: float) -> None:
@@ -134,7 +136,8 @@ def step_json(step: Step) -> dict:
     elif isinstance(step, SearchStep):
         out.update(query=step.query, languages=list(step.languages), scope=step.scope, turn=step.turn)
     elif isinstance(step, EvidenceStep):
-        out.update(turn=step.turn, items=[evidence_json(i) for i in step.items], missing=dict(step.missing))
+        out.update(turn=step.turn, items=[evidence_json(i) for i in step.items], missing=dict(step.missing),
+                   read_lang=step.read_lang)
     elif isinstance(step, AnswerStep):
         out.update(text=step.text, lang=step.lang, forced=step.forced, support=[s.as_dict() for s in step.support],
                    agreement=(step.agreement or Agreement()).as_dict())
@@ -364,7 +367,8 @@ def evidence_html(record: dict | None) -> str:
             parts.append(head + f'<p class="cs-same">Same {len(ev["items"])} items as search {shown[ids]}.</p>')
             continue
         shown[ids] = search["turn"]
-        cards = [evidence_card(item, answer, search["query"], support, anchored) for item in ev["items"]]
+        cards = [evidence_card(item, answer, search["query"], support, anchored, ev.get("read_lang", ""))
+                 for item in ev["items"]]
         parts.append(head + ("".join(cards) or '<p class="cs-same">No passages found.</p>'))
     lang = record.get("lang") or ""
     head = (f'<div class="cs-head" data-turn-lang="{html_text(lang)}">Evidence for “{html_text(one_line(record["question"], 200))}”'
@@ -375,25 +379,27 @@ def evidence_html(record: dict | None) -> str:
     return head + agreement_html(record, anchored) + '<div class="cs-evidence">' + "".join(parts) + "</div>"
 
 
-def evidence_card(item: dict, answer: str | None, query: str, support: dict | None, anchored: set[str]) -> str:
-    """One evidence item's card; `anchored`: the passage ids the view has given so far (updated)."""
+def evidence_card(item: dict, answer: str | None, query: str, support: dict | None, anchored: set[str],
+                  read_lang: str = "") -> str:
+    """One evidence item's card; `anchored`: the passage ids the view has given so far (updated).
+    It shows the version the answer came from, else the one the policy read (`read_lang`'s)."""
     members = item["members"]
     supporting = next((m for m in members if support and m["id"] == support["passage_id"]), None)
-    main = supporting or members[0]
+    main = supporting or next((m for m in members if m["lang"] == read_lang), members[0])
     if supporting is None:
-        others = members[1:]
+        others = [m for m in members if m is not main]
         also = ", ".join(f'{html_text(lang_label(m["lang"]))} (rank {m["rank"]})' for m in others)
         body = (f'<div class="cs-text"{id_attribute(main["id"], anchored)}>{highlight(main["text"], answer, query)}</div>'
                 + (f'<div class="cs-also">Also found in: {also}</div>' if also else
                    '<div class="cs-also">Found in this language only.</div>'))
-        return (f'<div class="cs-card" data-lang="{html_text(item["lang"])}">' + _card_meta(item, main["lang"]) + body
+        return (f'<div class="cs-card" data-lang="{html_text(main["lang"])}">' + _card_meta(item, main) + body
                 + "</div>")
     # The supporting item: its supporting version with the sentence marked, then every other version.
     text = f'<div class="cs-text"{id_attribute(main["id"], anchored)}>{highlight(main["text"], answer, query, support["quote"])}</div>'
     versions = "".join(f'<div class="cs-version" data-lang="{html_text(m["lang"])}"{id_attribute(m["id"], anchored)}>'
                        f'<b>{html_text(lang_label(m["lang"]))}</b> (rank {m["rank"]}): {highlight(m["text"], None, query)}</div>'
                        for m in members if m is not supporting)
-    return (f'<div class="cs-card" data-support="{html_text(support["how"])}" data-lang="{html_text(main["lang"])}">' + _card_meta(item, main["lang"])
+    return (f'<div class="cs-card" data-support="{html_text(support["how"])}" data-lang="{html_text(main["lang"])}">' + _card_meta(item, main)
             + f'<div class="cs-why">The answer came from this passage ({html_text(support["how"])}).</div>'
             + text
             + (f'<details class="cs-versions" open><summary>The same passage in {len(members) - 1} more '
@@ -401,9 +407,9 @@ def evidence_card(item: dict, answer: str | None, query: str, support: dict | No
             + "</div>")
 
 
-def _card_meta(item: dict, lang: str) -> str:
-    return (f'<div class="cs-meta"><b>#{item["rank"]}</b> · <span class="cs-lang">{html_text(lang_label(lang))}</span>'
-            f' · fused score {item["score"]:.4f} · <i>{html_text(item["title"])}</i></div>')
+def _card_meta(item: dict, shown: dict) -> str:
+    return (f'<div class="cs-meta"><b>#{item["rank"]}</b> · <span class="cs-lang">{html_text(lang_label(shown["lang"]))}</span>'
+            f' · fused score {item["score"]:.4f} · <i>{html_text(shown["title"])}</i></div>')
 
 
 def turn_choices(records: list[dict]) -> list[tuple[str, int]]:

@@ -86,6 +86,7 @@ class EvidenceStep(Step):
     items: list[Evidence] = field(default_factory=list)
     turn: int = 0
     missing: dict[str, str] = field(default_factory=dict)  # language -> why it was not searched (its service was down)
+    read_lang: str = ""  # the question's language: each item's version in it (if any) is the one the policy read
 
     @property
     def languages(self) -> list[str]:
@@ -302,7 +303,7 @@ class Trajectory:
         except Exception as err:  # a broken index must not take the conversation down
             return self.fail(f"Search failed: {err}")
         self.emit(EvidenceStep("evidence", duration_s=time.perf_counter() - t, items=items, turn=self.turn,
-                               missing=not_searched(items)))
+                               missing=not_searched(items), read_lang=self.lang))
         turn = (f"{prompts.THINK_OPEN}{think}{prompts.THINK_CLOSE}\n"
                 f"{prompts.SEARCH_OPEN}{prompts.escape_document(query)}{prompts.SEARCH_CLOSE}\n")
         information = prompts.render_information(items, self.lang)
@@ -548,9 +549,10 @@ def describe(step: Step) -> str:
         return f"[search {step.turn}, {step.scope}] {step.query!r} in {', '.join(step.languages)}"
     if isinstance(step, EvidenceStep):
         lines = [f"[evidence] {len(step.items)} items from {', '.join(step.languages) or 'no language'} ({step.duration_s * 1000:.0f} ms)"]
-        for item in step.items:
-            langs = "+".join(item.languages)
-            lines.append(f"   {item.rank}. [{langs}] {item.title}: {item.text[:100]}…")
+        for item in step.items:  # the version the policy read first
+            read = item.shown(step.read_lang).passage
+            langs = "+".join([read.lang] + [l for l in item.languages if l != read.lang])
+            lines.append(f"   {item.rank}. [{langs}] {read.title}: {read.text[:100]}…")
         if step.missing:
             lines.append(f"   {missing_note(step.missing)}")
         return "\n".join(lines)

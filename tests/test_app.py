@@ -143,7 +143,7 @@ def steps_with(answer, lang, *evidence_steps):
     steps = [LanguageStep("language", lang=lang, confidence=1.0)]
     for turn, items in enumerate(evidence_steps, 1):
         steps += [SearchStep("search", query="q", languages=[lang], scope="local" if turn == 1 else "global", turn=turn),
-                  EvidenceStep("evidence", turn=turn, items=items)]
+                  EvidenceStep("evidence", turn=turn, items=items, read_lang=lang)]
     steps.append(AnswerStep("answer", text=answer, lang=lang))
     explain(Result("q", lang, answer, steps))
     return steps
@@ -197,6 +197,21 @@ def test_turn_record_is_plain_json_and_the_view_repeats_no_identical_search():
     assert '<mark class="sup">Polonia Warschau</mark>' in page and "The same passage in 1 more language" in page
     other = views.evidence_html(views.turn_record("Wer?", steps_with("Nobody", "de", items)))
     assert "data-support" not in other and "Also found in: English (en)" in other
+
+
+def test_each_item_shows_the_version_the_policy_read_and_lists_the_others():
+    from crosearch_agent.agent import describe
+
+    items = [item(1, passage("en", "Polonia Warsaw won", title="Warsaw"), passage("de", "Polonia Warschau gewann",
+                                                                                title="Warschau"))]
+    panel = views.step_message(EvidenceStep("evidence", turn=1, items=items, read_lang="de")).content
+    assert "[German (de); also in English (en)] **Warschau**: Polonia Warschau gewann" in panel
+    assert "[de+en] Warschau: Polonia Warschau gewann" in describe(EvidenceStep("evidence", items=items, read_lang="de"))
+    page = views.evidence_html(views.turn_record("Wer?", steps_with("Nobody", "de", items)))
+    assert 'data-lang="de"' in page and "<i>Warschau</i>" in page and "Also found in: English (en) (rank 1)" in page
+    # a question in a language the item lacks: its best-ranked version
+    assert "[English (en); also in German (de)]" in views.step_message(
+        EvidenceStep("evidence", turn=1, items=items, read_lang="zh")).content
 
 
 def test_a_passage_both_searches_show_has_one_html_id_which_its_first_appearance_carries():
