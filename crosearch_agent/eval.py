@@ -399,8 +399,9 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", help="XQuAD article-level split (train/dev/test, EVAL.md) or TyDi file split")
     parser.add_argument("--methods", default=None, help=f"comma-separated methods (qa: {','.join(QA_METHODS)}; "
                                                         f"retrieval: {','.join(RETRIEVAL_METHODS)})")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many questions per language, spread over the split's paragraphs (one per paragraph first; "
-                        "the same questions in every language)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="at most this many questions per language, spread over the split's paragraphs "
+                             "(one per paragraph first; the same questions in every language)")
     parser.add_argument("--batch-size", type=int, default=32, help="questions sent through the policy backend together")
     parser.add_argument("--out", default=None, help="output folder (default: <data home>/eval/<task>-<collection>-<split>)")
     Settings.add_arguments(parser)
