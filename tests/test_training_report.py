@@ -31,6 +31,15 @@ def test_the_report_puts_policies_and_runs_side_by_side(tmp_path):
     assert json.loads((out / "evals.json").read_text())["grpo"]["results"]["overall"]["f1"] == 0.375
 
 
+def test_an_eval_of_the_default_policy_is_named_by_the_folder_it_served(tmp_path):
+    default = _eval(tmp_path / "default", None, 0.25)
+    results = json.loads((default / "results.json").read_text())
+    results["config"]["timing"] = {"policy": "<data home>/models/crosearch-reader-270m"}
+    (default / "results.json").write_text(json.dumps(results))
+    main(["--eval", f"shipped={default}", "--out", str(tmp_path / "out")])
+    assert "shipped = `default: <data home>/models/crosearch-reader-270m`" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_machine_folders_are_named_by_role(tmp_path, monkeypatch):
     from crosearch_agent.config import portable
 

@@ -21,6 +21,7 @@ PLOTS = (("reward_answer", "reward_format", "reward_language"), ("format_valid_r
 
 
 def peak_rss_mb() -> float:
+    """The kernel's high-water mark; it lags the resident size now (synced now and then)."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
@@ -103,7 +104,7 @@ class StepLogger(TrainerCallback):
             return
         row = {"step": state.global_step, "time_s": round(time.perf_counter() - self.t0, 1),
                "step_s": round(time.perf_counter() - self.step_start, 1) if self.step_start else "",
-               "rss_mb": round(rss_mb()), "peak_rss_mb": round(peak_rss_mb())}
+               "rss_mb": round(now := rss_mb()), "peak_rss_mb": round(max(peak_rss_mb(), now))}
         row.update({col: logs.get(key, "") for col, key in TRL_KEYS.items()})
         row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in self.stats.take().items()})
         self.rows.append(row)

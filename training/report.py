@@ -28,6 +28,11 @@ PER_RUN = {"policy", "git_commit", "date", "timing", "out", "backend", "base_url
 CURVES = ("reward", "reward_answer", "reward_format", "reward_language", "format_valid_rate", "kl")
 
 
+def served_policy(config: dict) -> str:
+    """The policy an eval named, or the one it served when it named none (the default)."""
+    return config.get("policy") or f"default: {(config.get('timing') or {}).get('policy')}"
+
+
 def labelled(items: list[str], what: str) -> list[tuple[str, Path]]:
     out = []
     for item in items:
@@ -121,7 +126,7 @@ def report(args) -> int:
     if args.eval:
         results, differences, configs = load_evals(labelled(args.eval, "eval"), args.method)
         parts += [f"Eval method `{args.method}`; policies: "
-                  + "; ".join(f"{l} = `{c.get('policy')}`" for l, c in configs.items()), ""]
+                  + "; ".join(f"{l} = `{served_policy(c)}`" for l, c in configs.items()), ""]
         if differences:
             parts += ["**The evals differ in more than the policy:**", ""] + [f"- {d}" for d in differences] + [""]
         parts.append(markdown_table(results, list(QA_KEYS), "f1"))
