@@ -73,4 +73,4 @@ def test_each_step_logs_memory_now_and_at_its_peak(tmp_path):
     logger = StepLogger(tmp_path, RolloutStats())
     logger.on_log(None, SimpleNamespace(global_step=1, is_world_process_zero=True), None, logs={"reward": 0.5})
     row = read_rows(tmp_path / "log.csv")[0]
-    assert 0 < float(row["rss_mb"]) <= float(row["peak_rss_mb"])
+    assert 50 < float(row["rss_mb"]) <= float(row["peak_rss_mb"])  # this process holds torch: tens of MB at least
