@@ -100,8 +100,8 @@ def step_message(step: Step, note: str = "") -> gr.ChatMessage:
 def evidence_line(item, read_lang: str = "") -> str:
     """One evidence item as a Markdown list line: the version the policy read (the question's
     language where the item has it), the item's other languages, title, excerpt."""
-    read = item.shown(read_lang).passage
-    also = [l for l in item.languages if l != read.lang]
+    read, *others = (h.passage for h in item.read_first(read_lang))
+    also = [p.lang for p in others]
     where = lang_label(read.lang) + (f"; also in {', '.join(lang_label(l) for l in also)}" if also else "")
     return f"{item.rank}. [{where}] **{md_text(one_line(read.title))}**: {md_text(one_line(read.text, EXCERPT_CHARS))}"
 
@@ -119,11 +119,13 @@ def working_message(text: str = "The model is reading the evidence and writing�
 
 # ---------------------------------------------------------------- JSON (API and the evidence view)
 
-def evidence_json(item) -> dict:
+def evidence_json(item, read_lang: str = "") -> dict:
+    """One evidence item; `read`: the id of the version the policy read (`Evidence.shown`)."""
     return {"rank": item.rank, "score": round(float(item.score), 6), "lang": item.lang, "lang_name": lang_name(item.lang),
             "title": item.title, "text": item.text, "languages": list(item.languages),
             "members": [{"id": h.passage.id, "lang": h.passage.lang, "title": h.passage.title, "text": h.passage.text,
-                         "score": round(float(h.score), 6), "rank": h.rank} for h in item.members]}
+                         "score": round(float(h.score), 6), "rank": h.rank} for h in item.members],
+            "read": item.shown(read_lang).passage.id}
 
 
 def step_json(step: Step) -> dict:
@@ -136,8 +138,8 @@ def step_json(step: Step) -> dict:
     elif isinstance(step, SearchStep):
         out.update(query=step.query, languages=list(step.languages), scope=step.scope, turn=step.turn)
     elif isinstance(step, EvidenceStep):
-        out.update(turn=step.turn, items=[evidence_json(i) for i in step.items], missing=dict(step.missing),
-                   read_lang=step.read_lang)
+        out.update(turn=step.turn, items=[evidence_json(i, step.read_lang) for i in step.items],
+                   missing=dict(step.missing))
     elif isinstance(step, AnswerStep):
         out.update(text=step.text, lang=step.lang, forced=step.forced, support=[s.as_dict() for s in step.support],
                    agreement=(step.agreement or Agreement()).as_dict())
@@ -367,8 +369,7 @@ def evidence_html(record: dict | None) -> str:
             parts.append(head + f'<p class="cs-same">Same {len(ev["items"])} items as search {shown[ids]}.</p>')
             continue
         shown[ids] = search["turn"]
-        cards = [evidence_card(item, answer, search["query"], support, anchored, ev.get("read_lang", ""))
-                 for item in ev["items"]]
+        cards = [evidence_card(item, answer, search["query"], support, anchored) for item in ev["items"]]
         parts.append(head + ("".join(cards) or '<p class="cs-same">No passages found.</p>'))
     lang = record.get("lang") or ""
     head = (f'<div class="cs-head" data-turn-lang="{html_text(lang)}">Evidence for “{html_text(one_line(record["question"], 200))}”'
@@ -379,13 +380,12 @@ def evidence_html(record: dict | None) -> str:
     return head + agreement_html(record, anchored) + '<div class="cs-evidence">' + "".join(parts) + "</div>"
 
 
-def evidence_card(item: dict, answer: str | None, query: str, support: dict | None, anchored: set[str],
-                  read_lang: str = "") -> str:
+def evidence_card(item: dict, answer: str | None, query: str, support: dict | None, anchored: set[str]) -> str:
     """One evidence item's card; `anchored`: the passage ids the view has given so far (updated).
-    It shows the version the answer came from, else the one the policy read (`read_lang`'s)."""
+    It shows the version the answer came from, else the one the policy read."""
     members = item["members"]
     supporting = next((m for m in members if support and m["id"] == support["passage_id"]), None)
-    main = supporting or next((m for m in members if m["lang"] == read_lang), members[0])
+    main = supporting or next((m for m in members if m["id"] == item.get("read")), members[0])
     if supporting is None:
         others = [m for m in members if m is not main]
         also = ", ".join(f'{html_text(lang_label(m["lang"]))} (rank {m["rank"]})' for m in others)

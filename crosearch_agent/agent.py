@@ -550,9 +550,9 @@ def describe(step: Step) -> str:
     if isinstance(step, EvidenceStep):
         lines = [f"[evidence] {len(step.items)} items from {', '.join(step.languages) or 'no language'} ({step.duration_s * 1000:.0f} ms)"]
         for item in step.items:  # the version the policy read first
-            read = item.shown(step.read_lang).passage
-            langs = "+".join([read.lang] + [l for l in item.languages if l != read.lang])
-            lines.append(f"   {item.rank}. [{langs}] {read.title}: {read.text[:100]}…")
+            hits = item.read_first(step.read_lang)
+            read = hits[0].passage
+            lines.append(f"   {item.rank}. [{'+'.join(h.passage.lang for h in hits)}] {read.title}: {read.text[:100]}…")
         if step.missing:
             lines.append(f"   {missing_note(step.missing)}")
         return "\n".join(lines)

@@ -51,6 +51,11 @@ class Evidence:
         (the policy reads that best), else the best-ranked one."""
         return next((h for h in self.members if h.passage.lang == query_lang), self.members[0])
 
+    def read_first(self, query_lang: str) -> list[Hit]:
+        """The members with the one the policy reads (`shown`) first, the others in rank order."""
+        read = self.shown(query_lang)
+        return [read] + [h for h in self.members if h is not read]
+
     @property
     def title(self) -> str:
         return self.members[0].passage.title
