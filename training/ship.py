@@ -18,7 +18,7 @@ from pathlib import Path
 from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS
 from crosearch_agent.config import portable
 from crosearch_agent.eval import git_commit
-from crosearch_agent.policy_folders import BUNDLED_POLICY, TRAINED_OPTIONS
+from crosearch_agent.policy_folders import TRAINED_OPTIONS
 from crosearch_agent.store import sha256_file
 from training.config import TrainConfig, config_from_command_line
 
@@ -117,6 +117,29 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> 
     return "\n".join(lines)
 
 
+def shipped_weights(source: Path, dest: Path) -> None:
+    """The adapter's weights as the repository ships them: as trained, or in bf16 when float32
+    is over the size limit (the merged folder is served in bf16 anyway: a LoRA factor's
+    rounding is far below the merged weight's). Refused when even bf16 is over the limit."""
+    size = source.stat().st_size
+    if size <= MAX_BYTES:
+        shutil.copy(source, dest)
+        return
+    if size // 2 <= MAX_BYTES:
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, save_file
+
+        try:
+            tensors = load_file(str(source))
+        except SafetensorError:
+            tensors = {}
+        if tensors and all(t.dtype == torch.float32 for t in tensors.values()):
+            save_file({k: t.to(torch.bfloat16) for k, t in tensors.items()}, str(dest), metadata={"format": "pt"})
+            return
+    raise ValueError(f"the adapter is {size / 2**20:.1f} MB; the repository ships at most {MAX_BYTES / 2**20:.0f} MB")
+
+
 def ship(cfg: TrainConfig, config: str, eval_dir: str | None = None, name: str = SHIPPED_POLICY,
          root: Path = SHIPPED_DIR) -> Path:
     """Copy the run's adapter under `policies/<name>/` with its model card; `config` is the
@@ -126,16 +149,18 @@ def ship(cfg: TrainConfig, config: str, eval_dir: str | None = None, name: str =
     if missing:
         raise FileNotFoundError(f"{adapter} lacks {missing}: run python -m training.sft --config {config} "
                                 "with lora_r > 0 first")
-    size = (adapter / FILES[0]).stat().st_size
-    if size > MAX_BYTES:
-        raise ValueError(f"the adapter is {size / 2**20:.1f} MB; the repository ships at most {MAX_BYTES / 2**20:.0f} MB")
     dest = root / name
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    shutil.copy(adapter / FILES[0], dest / FILES[0])
-    # The notes name this machine's folders; the shipped copy names them by role.
+    try:
+        shipped_weights(adapter / FILES[0], dest / FILES[0])
+    except ValueError:
+        shutil.rmtree(dest)
+        raise
+    # The notes name this machine's folders; the shipped copy names them by role, and its
+    # base by the bundled name that `make setup` (or first use) materialises.
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = BUNDLED_POLICY
+    adapter_config["base_model_name_or_path"] = cfg.base_policy
     info = portable(json.loads((adapter / "training.json").read_text()))
     for f, data in (("adapter_config.json", adapter_config), ("training.json", info)):
         (dest / f).write_text(json.dumps(data, indent=2) + "\n")
