@@ -220,3 +220,25 @@ def test_a_runs_loss_is_summed_up_by_the_means_of_its_first_and_last_steps():
     assert loss_ends(history) == {"loss_first": 5.5, "loss_last": 20.5}
     assert loss_ends([{"step": 1, "loss": 0.5}]) == {"loss_first": 0.5, "loss_last": 0.5}
     assert loss_ends([]) == {"loss_first": None, "loss_last": None}
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_a_lora_runs_frozen_base_is_bf16_where_bf16_autocast_computes(tiny, monkeypatch, native_bf16):
+    """Frozen float32 weights would be cast to bf16 in every forward pass and the copies kept for
+    the backward pass; where autocast computes in bf16 the base is loaded so, the adapter stays
+    float32 (its small updates), and full fine-tuning keeps float32 master weights."""
+    import crosearch_agent.policy
+
+    monkeypatch.setattr(crosearch_agent.policy, "cpu_has_native_bf16", lambda: native_bf16)
+    cfg = load_config("cpu-reader", {"lora_layers": 2, "lora_r": 4, "device": "cpu"})
+    model = load_trainable(str(tiny), cfg)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16 if native_bf16 else torch.float32}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    ids, labels = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16):
+        loss = labelled_loss(model, ids, None, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    full = load_trainable(str(tiny), load_config("cpu-reader", {"lora_r": 0, "device": "cpu"}))
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
