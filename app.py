@@ -91,11 +91,11 @@ def built_collections() -> list[str]:
 
 
 def policy_choices() -> list[tuple[str, str]]:
-    from crosearch_agent.bundled import SHIPPED_POLICY, shipped_policy_artifact
+    from crosearch_agent.bundled import shipped_policies
 
     choices = [("default: your newest checkpoint, else the shipped trained policy", DEFAULT_POLICY)]
-    if shipped_policy_artifact() is not None:
-        choices.append((f"shipped trained policy ({SHIPPED_POLICY})", SHIPPED_PREFIX + SHIPPED_POLICY))
+    for name in shipped_policies():
+        choices.append((f"shipped trained policy ({name})", SHIPPED_PREFIX + name))
     choices.append(("raw bundled Gemma 3 270M (untrained)", BUNDLED_POLICY))
     choices.append(("bundled Qwen2.5-Coder 1.5B (untrained, reads better, ~4x slower; 1.1 GB fetched on first use)",
                     QWEN_POLICY))

@@ -348,6 +348,13 @@ def shipped_policy_artifact(name: str = SHIPPED_POLICY, root: Path | None = None
     return folder if (folder / SUMS).is_file() else None
 
 
+def shipped_policies(root: Path | None = None) -> list[str]:
+    """The names of the adapters this repository ships (`policies/<name>`), the default first."""
+    root = root or SHIPPED_DIR
+    names = sorted(p.name for p in root.iterdir() if (p / SUMS).is_file()) if root.is_dir() else []
+    return sorted(names, key=lambda name: name != SHIPPED_POLICY)
+
+
 _VERIFIED: dict = {}  # (folder, its files' sizes and mtimes) -> sha256 of SHA256SUMS, once per process
 
 

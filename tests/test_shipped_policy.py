@@ -36,6 +36,16 @@ def test_a_tampered_or_incomplete_artifact_is_refused_by_name(tmp_path):
 def test_no_policy_shipped_means_none(tmp_path):
     assert shipped_policy_artifact(root=tmp_path) is None
     assert bundled.materialise_shipped_policy(home=tmp_path, root=tmp_path) is None
+    assert bundled.shipped_policies(root=tmp_path) == []
+
+
+def test_every_shipped_policy_is_listed_the_default_first(tmp_path):
+    for name in ("a-reader", SHIPPED_POLICY, "z-reader", "unfinished"):
+        (tmp_path / name).mkdir()
+        if name != "unfinished":  # a folder without its sums is no artifact
+            (tmp_path / name / bundled.SUMS).write_text("")
+    assert bundled.shipped_policies(root=tmp_path) == [SHIPPED_POLICY, "a-reader", "z-reader"]
+    assert bundled.shipped_policies()[0] == SHIPPED_POLICY
 
 
 @pytest.mark.slow
