@@ -422,8 +422,12 @@ def shipped_base(adapter: Path, home: Path | None = None) -> Path:
     materialised: the Qwen reader's base is fetched on first use, as `bundled:qwen2.5-coder-1.5b` is."""
     from crosearch_agent.bundled_qwen import QWEN_POLICY, materialise_qwen
 
-    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    return materialise_qwen(home) if base == QWEN_POLICY else materialise_policy(home)
+    return materialise_qwen(home) if shipped_base_id(adapter) == QWEN_POLICY else materialise_policy(home)
+
+
+def shipped_base_id(adapter: Path) -> str | None:
+    """The bundled name of the base a shipped adapter was trained over (`bundled:...`)."""
+    return json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
 
 
 def main() -> int:

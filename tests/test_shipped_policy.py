@@ -18,6 +18,16 @@ def test_the_repository_ships_a_small_adapter_that_matches_its_sha256():
     assert len(verify_artifact(folder)) == 64
 
 
+@pytest.mark.parametrize("name", bundled.shipped_policies())
+def test_every_shipped_adapter_is_small_matches_its_sha256_and_names_a_bundled_base(name):
+    from crosearch_agent.policy_folders import BUNDLED_POLICY, QWEN_POLICY
+
+    folder = shipped_policy_artifact(name)
+    assert (folder / "adapter_model.safetensors").stat().st_size <= 48 * 2**20
+    assert len(verify_artifact(folder)) == 64
+    assert bundled.shipped_base_id(folder) in (BUNDLED_POLICY, QWEN_POLICY)
+
+
 def test_a_tampered_or_incomplete_artifact_is_refused_by_name(tmp_path):
     copy = tmp_path / SHIPPED_POLICY
     shutil.copytree(shipped_policy_artifact(), copy)
@@ -87,3 +97,15 @@ def test_the_vllm_backend_serves_the_merged_folder_by_default(tmp_path, monkeypa
         assert gen[0].tokens > 0 and gen[0].text.strip()
     finally:
         policy.close()
+
+
+def test_the_app_menu_offers_every_shipped_policy_and_warns_of_the_qwen_download():
+    import app
+
+    labels = {value: label for label, value in app.policy_choices()}
+    assert all(f"shipped:{name}" in labels for name in bundled.shipped_policies())
+    over_qwen = [n for n in bundled.shipped_policies()
+                 if bundled.shipped_base_id(shipped_policy_artifact(n)) == "bundled:qwen2.5-coder-1.5b"]
+    assert over_qwen, "policies/ ships the Qwen reader"
+    assert all("1.1 GB fetched on first use" in labels[f"shipped:{n}"] for n in over_qwen)
+    assert "fetched" not in labels[f"shipped:{SHIPPED_POLICY}"]

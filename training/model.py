@@ -8,9 +8,10 @@ from training.config import TrainConfig
 
 def load_trainable(path: str, cfg: TrainConfig, adapter=None):
     """The policy to train, its trained weights in float32 (bf16 autocast computes; small updates
-    are not lost to bf16 rounding; see `frozen_dtype` for the frozen base), with its embedding frozen when the config says so; with `adapter` (a
-    folder) that LoRA adapter, trainable, else with `lora_r` > 0 a new peft LoRA model over
-    all linear layers of the top `lora_layers` decoder layers."""
+    are not lost to bf16 rounding; `frozen_dtype` says what the frozen base is loaded in), with
+    its embedding frozen when the config says so; with `adapter` (a folder) that LoRA adapter,
+    trainable, else with `lora_r` > 0 a new peft LoRA model over all linear layers of the top
+    `lora_layers` decoder layers."""
     import torch
     from transformers import AutoModelForCausalLM
 
