@@ -398,14 +398,14 @@ def _write_merged(adapter: Path, base: Path, folder: Path) -> None:
 
 
 def materialise_shipped_policy(home: Path | None = None, force: bool = False, name: str = SHIPPED_POLICY,
-                               root: Path | None = None) -> Path | None:
+                               root: Path | None = None, base: Path | None = None) -> Path | None:
     """The shipped adapter merged onto the bundled base (bf16 safetensors, built once and
     rebuilt when the artifact changes); None when the repository ships no policy."""
     adapter = shipped_policy_artifact(name, root)
     if adapter is None:
         return None
     source_sha = verify_artifact(adapter)
-    base = shipped_base(adapter, home)
+    base = base or materialise_policy(home)  # another base (the Qwen reader's): policy_folders.shipped_policy
     dest = (home / "models" if home else models_home()) / name
 
     def write(tmp: Path) -> None:
@@ -415,14 +415,6 @@ def materialise_shipped_policy(home: Path | None = None, force: bool = False, na
         log(f"shipped policy ready in {time.perf_counter() - t0:.1f} s")
 
     return materialise_folder(dest, source_sha, {"source": f"policies/{name}", "base": base.name}, write, force)
-
-
-def shipped_base(adapter: Path, home: Path | None = None) -> Path:
-    """The bundled model a shipped adapter was trained over (its `base_model_name_or_path`),
-    materialised: the Qwen reader's base is fetched on first use, as `bundled:qwen2.5-coder-1.5b` is."""
-    from crosearch_agent.bundled_qwen import QWEN_POLICY, materialise_qwen
-
-    return materialise_qwen(home) if shipped_base_id(adapter) == QWEN_POLICY else materialise_policy(home)
 
 
 def shipped_base_id(adapter: Path) -> str | None:

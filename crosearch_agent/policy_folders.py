@@ -51,9 +51,7 @@ def resolve_policy(name: str | None = None) -> str:
 
         return str(materialise_qwen())
     if name and name.startswith(SHIPPED_PREFIX):
-        from crosearch_agent.bundled import materialise_shipped_policy
-
-        folder = materialise_shipped_policy(name=name[len(SHIPPED_PREFIX):])
+        folder = shipped_policy(name[len(SHIPPED_PREFIX):])
         if folder is None:
             raise PolicyNotFound(f"this repository ships no policy {name!r} (policies/ has no such folder)")
         return str(folder)
@@ -61,6 +59,20 @@ def resolve_policy(name: str | None = None) -> str:
         path = Path(name).expanduser()
         return str(path.resolve()) if path.exists() else name
     return str(default_policy())
+
+
+def shipped_policy(name: str, home: Path | None = None) -> Path | None:
+    """A shipped adapter merged onto the bundled base it was trained over (the Qwen reader's
+    base is fetched on first use, as `bundled:qwen2.5-coder-1.5b` is); None when not shipped."""
+    from crosearch_agent.bundled import materialise_policy, materialise_shipped_policy, shipped_base_id
+    from crosearch_agent.bundled import shipped_policy_artifact
+    from crosearch_agent.bundled_qwen import materialise_qwen
+
+    adapter = shipped_policy_artifact(name)
+    if adapter is None:
+        return None
+    base = materialise_qwen(home) if shipped_base_id(adapter) == QWEN_POLICY else materialise_policy(home)
+    return materialise_shipped_policy(home, name=name, base=base)
 
 
 def default_policy() -> Path:

@@ -63,7 +63,7 @@ def test_training_flags_have_help_and_bad_values_are_usage_errors(capsys):
 def test_bad_configs_are_refused_with_a_clear_message(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config("cpu-smoke", overrides)
-    with pytest.raises(ValueError, match="known: cpu-grpo, cpu-reader, cpu-small, cpu-smoke, gpu-1x, gpu-8x, gpu-reader$"):
+    with pytest.raises(ValueError, match="known: cpu-grpo, cpu-qwen-reader, cpu-reader, cpu-small, cpu-smoke, gpu-1x, gpu-8x, gpu-reader$"):
         load_config("no-such-config")
 
 
