@@ -61,18 +61,15 @@ def resolve_policy(name: str | None = None) -> str:
     return str(default_policy())
 
 
-def shipped_policy(name: str, home: Path | None = None) -> Path | None:
-    """A shipped adapter merged onto the bundled base it was trained over (the Qwen reader's
-    base is fetched on first use, as `bundled:qwen2.5-coder-1.5b` is); None when not shipped."""
-    from crosearch_agent.bundled import materialise_policy, materialise_shipped_policy, shipped_base_id
-    from crosearch_agent.bundled import shipped_policy_artifact
-    from crosearch_agent.bundled_qwen import materialise_qwen
+def shipped_policy(name: str) -> Path | None:
+    """A shipped adapter merged onto the bundled base it was trained over (resolved as its
+    `bundled:` name is: the Qwen reader's base is fetched on first use); None when not shipped."""
+    from crosearch_agent.bundled import materialise_shipped_policy, shipped_base_id, shipped_policy_artifact
 
     adapter = shipped_policy_artifact(name)
     if adapter is None:
         return None
-    base = materialise_qwen(home) if shipped_base_id(adapter) == QWEN_POLICY else materialise_policy(home)
-    return materialise_shipped_policy(home, name=name, base=base)
+    return materialise_shipped_policy(name=name, base=Path(resolve_policy(shipped_base_id(adapter))))
 
 
 def default_policy() -> Path:
