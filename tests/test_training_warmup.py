@@ -242,3 +242,38 @@ def test_a_lora_runs_frozen_base_is_bf16_where_bf16_autocast_computes(tiny, monk
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
     full = load_trainable(str(tiny), load_config("cpu-reader", {"lora_r": 0, "device": "cpu"}))
     assert {p.dtype for p in full.parameters()} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_a_lora_warmup_ends_in_its_adapter_merged_onto_the_base(tiny_gemma, shared_data, tmp_path, monkeypatch):
+    """A LoRA warm-up saves its adapter, and its warm-up folder is that adapter merged onto the
+    base as first use merges a shipped policy (the trainer's memory handed back first)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from crosearch_agent.config import Settings, data_home
+    from crosearch_agent.eval import ensure_index
+    from crosearch_agent.policy_folders import is_policy_dir
+    from training.sft import adapter_notes, run_warmup
+
+    ensure_index(Settings())  # the real data home's xquad-partial index (built once)
+    indexes = data_home() / "indexes"
+    monkeypatch.setenv("CROSEARCH_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "indexes").symlink_to(indexes, target_is_directory=True)
+    cfg = load_config("cpu-reader", {"name": "lora-warmup", "base_policy": str(tiny_gemma), "lora_r": 4,
+                                     "lora_layers": 1, "device": "cpu", "tydiqa_share": 0.0, "sft_examples": 24, "sft_steps": 1,
+                                     "sft_grad_accum": 1, "sft_learning_rate": 0.05, "sft_save_steps": 1})
+    lines = []
+    warmup = run_warmup(cfg, log=lines.append)
+
+    adapter = cfg.run_dir / "adapter"
+    assert warmup == cfg.warmup_dir and is_policy_dir(warmup), lines
+    assert adapter_notes(warmup) == adapter_notes(adapter) and adapter_notes(adapter)["steps"] == 1
+    served = AutoModelForCausalLM.from_pretrained(warmup, dtype=torch.float32).state_dict()
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gemma, dtype=torch.float32),
+                                         str(adapter)).merge_and_unload().to(torch.bfloat16).float().state_dict()
+    assert served.keys() == expected.keys()
+    assert all(torch.equal(served[k], expected[k]) for k in expected)
+    base = AutoModelForCausalLM.from_pretrained(tiny_gemma, dtype=torch.float32).state_dict()
+    assert any(not torch.equal(served[k], base[k].bfloat16().float()) for k in base)  # the adapter was merged
