@@ -301,9 +301,9 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
 
 def merge_warmup(adapter: Path, base: str | os.PathLike, dest: Path) -> Path:
     """The warm-up folder of a LoRA run: its saved adapter merged onto the base as first use
-    merges a shipped policy (`bundled.write_merged`), after the trainer's memory is handed back.
-    Merging inside the trainer's process kept its peak: a Qwen 1.5B run with rows of up to 1,280
-    tokens was killed by the OOM killer at 24 GB while saving the merged weights."""
+    merges a shipped policy (`bundled.write_merged`), once the trainer is gone and glibc has handed
+    its freed memory back. Merged while the trainer and its optimizer were still held, a Qwen 1.5B
+    run with rows of up to 1,280 tokens was killed by the OOM killer at 24 GB saving the weights."""
     import gc
 
     from crosearch_agent.bundled import write_merged
