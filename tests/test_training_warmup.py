@@ -270,6 +270,7 @@ def test_a_lora_warmup_ends_in_its_adapter_merged_onto_the_base(tiny_gemma, shar
     adapter = cfg.run_dir / "adapter"
     assert warmup == cfg.warmup_dir and is_policy_dir(warmup), lines
     assert adapter_notes(warmup) == adapter_notes(adapter) and adapter_notes(adapter)["steps"] == 1
+    assert not (warmup / "README.md").exists()  # no generic card naming this machine's paths
     served = AutoModelForCausalLM.from_pretrained(warmup, dtype=torch.float32).state_dict()
     expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gemma, dtype=torch.float32),
                                          str(adapter)).merge_and_unload().to(torch.bfloat16).float().state_dict()

@@ -408,6 +408,9 @@ def save_adapter(model, folder: Path, info: dict) -> Path:
     def write(tmp: Path) -> None:
         # the trained adapter only: a GRPO run also holds TRL's frozen reference copy ("ref")
         model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=["default"])
+        # peft's generic card names this machine's base path; training.json holds the notes and
+        # `training.ship` writes the real card
+        (tmp / "README.md").unlink(missing_ok=True)
         (tmp / INFO).write_text(json.dumps(info, indent=2, default=str))
 
     write_folder(folder, write)
