@@ -74,9 +74,9 @@ def shipped_policy(name: str) -> Path | None:
 
 def default_policy() -> Path:
     """The folder served when no policy is named (see `resolve_policy`)."""
-    from crosearch_agent.bundled import materialise_policy, materialise_shipped_policy
+    from crosearch_agent.bundled import SHIPPED_POLICY, materialise_policy
 
-    return latest_checkpoint() or materialise_shipped_policy() or materialise_policy()
+    return latest_checkpoint() or shipped_policy(SHIPPED_POLICY) or materialise_policy()
 
 
 def describe_policy(folder: str | Path) -> str:
