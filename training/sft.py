@@ -280,8 +280,9 @@ def run_warmup(cfg: TrainConfig, agent_for=None, log=print) -> Path:
         plot_warmup_loss(trainer.state.log_history, cfg.run_dir / "warmup-loss.png",
                          f"{cfg.name}: warm-up of {Path(base).name}")
     if cfg.lora_r:
+        adapter = cfg.run_dir / "adapter"
         if main:
-            adapter = save_adapter(accelerator.unwrap_model(trainer.model), cfg.run_dir / "adapter", info)
+            save_adapter(accelerator.unwrap_model(trainer.model), adapter, info)
         accelerator.free_memory()  # the accelerator holds the model and optimizer too
         del trainer, model
         if main:
