@@ -7,7 +7,7 @@ import pytest
 from crosearch_agent.bundled import SUMS
 from crosearch_agent.store import sha256_file
 from training.config import load_config
-from training.ship import MAX_BYTES, main, model_card, ship
+from training.ship import MAX_BYTES, main, model_card, read_tydiqa, ship
 
 
 def _run_adapter(cfg, size=1000, **info):
@@ -129,3 +129,16 @@ def test_a_card_over_the_qwen_base_says_how_it_is_served_and_what_it_read():
     assert "--policy shipped:qwen-reader" in card and "Qwen2.5-Coder-1.5B-Instruct" in card
     assert "Gemma" not in card and "TyDi" not in card and "serves by default" not in card
     assert "training.ship --config cpu-qwen-reader --policy-name qwen-reader" in card
+
+
+def test_the_card_says_tydi_was_read_only_when_the_warmup_behind_the_adapter_read_it():
+    xquad_only = {"kind": "warmup", "data": {"rows": 3811, "tydiqa_share": 0.0}}
+    with_tydi = {"kind": "warmup", "data": {"rows": 7429, "tydiqa_share": 0.3}}
+    grpo_on = lambda warmup: {"kind": "grpo", "started_from": {"training": warmup}}
+    cfg_with_tydi = load_config("gpu-reader")
+    assert cfg_with_tydi.tydiqa_share > 0  # the record wins over the config
+    assert not read_tydiqa(xquad_only, cfg_with_tydi) and not read_tydiqa(grpo_on(xquad_only), cfg_with_tydi)
+    assert read_tydiqa(with_tydi, load_config("cpu-qwen-reader")) and read_tydiqa(grpo_on(with_tydi), cfg_with_tydi)
+    # a record from before warm-ups wrote it: the warm-up's config, or for GRPO "read it"
+    assert not read_tydiqa({"kind": "warmup", "data": {}}, load_config("cpu-qwen-reader"))
+    assert read_tydiqa(grpo_on({"kind": "warmup"}), load_config("cpu-grpo"))

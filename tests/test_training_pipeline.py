@@ -189,6 +189,7 @@ def _smoke_run(home: Path, tmp_path: Path) -> None:
     assert policy_folders.is_policy_dir(home / "checkpoints" / "cpu-smoke" / "warmup")
     warmup = json.loads((home / "checkpoints" / "cpu-smoke" / "warmup" / "training.json").read_text())
     assert warmup["kind"] == "warmup" and warmup["data"]["rows"] > 0 and warmup["loss_last"] is not None
+    assert warmup["data"]["tydiqa_share"] == 0.0  # what it read, for the model card (XQuAD only)
     assert latest_checkpoint(home) is None  # nothing published by an interrupted run
 
     # 2. --resume continues from step 1 to the end, and the publishing gate decides.

@@ -149,7 +149,8 @@ def build_warmup_data(cfg: TrainConfig, tokenizer, agent_for, log=print, chunk: 
         shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "key.json").write_text(json.dumps(key, indent=2))
-    rows, stats = [], {"examples": len(examples), "supported": 0, "rows": 0, "with_global_search": 0}
+    rows, stats = [], {"examples": len(examples), "supported": 0, "rows": 0, "with_global_search": 0,
+                       "tydiqa_share": cfg.tydiqa_share}  # what the data read: the model card says it
     t0, built = time.perf_counter(), 0
     for start in range(0, len(examples), chunk):
         path = cache / f"chunk-{start // chunk:05d}.json"

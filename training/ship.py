@@ -155,6 +155,16 @@ def shipped_weights(source: Path, dest: Path) -> None:
     raise ValueError(f"the adapter is {size / 2**20:.1f} MB; the repository ships at most {MAX_BYTES / 2**20:.0f} MB")
 
 
+def read_tydiqa(info: dict, cfg: TrainConfig) -> bool:
+    """Whether the warm-up behind an adapter read TyDi GoldP: its training.json says so. Older
+    records do not: a warm-up's config then says it, and a GRPO run's is taken to have."""
+    warmup, _ = grpo_legs(info)
+    share = (warmup.get("data") or {}).get("tydiqa_share")
+    if share is not None:
+        return share > 0
+    return cfg.tydiqa_share > 0 if info.get("kind") == "warmup" else True
+
+
 def ship(cfg: TrainConfig, config: str, eval_dir: str | None = None, name: str = SHIPPED_POLICY,
          root: Path = SHIPPED_DIR) -> Path:
     """Copy the run's adapter under `policies/<name>/` with its model card; `config` is the
@@ -180,9 +190,7 @@ def ship(cfg: TrainConfig, config: str, eval_dir: str | None = None, name: str =
     for f, data in (("adapter_config.json", adapter_config), ("training.json", info)):
         (dest / f).write_text(json.dumps(data, indent=2) + "\n")
     eval_md = (Path(eval_dir) / "results.md").read_text() if eval_dir else None
-    # A warm-up's config says whether it read TyDi; a GRPO config does not say what its warm-up read.
-    tydiqa = cfg.tydiqa_share > 0 if info.get("kind") == "warmup" else True
-    (dest / "README.md").write_text(model_card(name, info, config, eval_md, cfg.base_policy, tydiqa))
+    (dest / "README.md").write_text(model_card(name, info, config, eval_md, cfg.base_policy, read_tydiqa(info, cfg)))
     (dest / SUMS).write_text("".join(f"{sha256_file(dest / f)}  {f}\n" for f in (*FILES, "README.md")))
     return dest
 
