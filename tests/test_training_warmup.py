@@ -67,14 +67,23 @@ def test_the_row_cost_profile_times_forward_and_backward_of_the_configs_model(ti
     assert "s per row of 40 tokens" in lines[0] and "LoRA r 4 on the top 2 layers" in lines[0]
 
 
+def test_the_profile_names_the_weights_a_config_trains():
+    from training.sft import _trained_weights
+
+    assert _trained_weights(load_config("cpu-reader")) == "LoRA r 32 on the top 9 layers"
+    assert _trained_weights(load_config("gpu-reader")) == "LoRA r 32 on all layers"
+    assert _trained_weights(load_config("cpu-reader", {"lora_r": 0})) == "full fine-tuning"
+
+
 def test_a_warmup_continues_a_finished_adapter_after_its_steps(tiny_gemma, tmp_path):
     """`sft_start_adapter`: the trainer resumes from the adapter's weights at the step its
-    training.json records and trains only the steps after it."""
+    training.json records and trains only the steps after it; the new run's record says what
+    the adapter's run read."""
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig
     from datasets import Dataset
 
-    from training.sft import make_sft_trainer_class, save_adapter, start_from_adapter
+    from training.sft import _start_note, make_sft_trainer_class, save_adapter, start_from_adapter
 
     cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu"})
     finished = load_trainable(str(tiny_gemma), cfg)
@@ -83,7 +92,9 @@ def test_a_warmup_continues_a_finished_adapter_after_its_steps(tiny_gemma, tmp_p
         if "lora_B" in name:  # zero when fresh: a trained adapter's differ
             p.data.normal_()
     expected = {n: p.detach().clone() for n, p in finished.named_parameters() if "lora_" in n}
-    adapter = save_adapter(finished, tmp_path / "adapter", {"steps": 2, "rows_trained": 2, "train_seconds": 7.0})
+    data = {"examples": 3, "rows": 2, "tydiqa_share": 0.0}
+    adapter = save_adapter(finished, tmp_path / "adapter", {"steps": 2, "rows_trained": 2, "train_seconds": 7.0,
+                                                            "data": data})
 
     cfg = load_config("cpu-reader", {"base_policy": str(tiny_gemma), "lora_r": 4, "lora_layers": 1, "device": "cpu",
                                      "sft_start_adapter": str(adapter)})
@@ -93,6 +104,7 @@ def test_a_warmup_continues_a_finished_adapter_after_its_steps(tiny_gemma, tmp_p
     lines = []
     checkpoint = start_from_adapter(cfg, work, args, log=lines.append)
     assert checkpoint.name == "checkpoint-2" and "after its 2 steps" in lines[0]
+    assert _start_note(cfg)["data"] == data and _start_note(cfg)["steps"] == 2
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_gemma)
     ids = tokenizer("Doc 1 says: 1263.")["input_ids"]

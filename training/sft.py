@@ -391,7 +391,8 @@ def _start_adapter(cfg: TrainConfig) -> Path:
 
 
 def _start_note(cfg: TrainConfig) -> dict | None:
-    """What a continued run started from, for its training.json."""
+    """What a continued run started from, for its training.json: the adapter, its steps,
+    time and commit, and what its run read (the card of the continued run tells it)."""
     if not cfg.sft_start_adapter:
         return None
     from crosearch_agent.config import portable
@@ -399,7 +400,8 @@ def _start_note(cfg: TrainConfig) -> dict | None:
     adapter = _start_adapter(cfg)
     info = adapter_notes(adapter)
     return portable({"adapter": str(adapter), "steps": info.get("steps"), "rows_trained": info.get("rows_trained"),
-                     "train_seconds": info.get("train_seconds"), "commit": info.get("commit")})
+                     "train_seconds": info.get("train_seconds"), "commit": info.get("commit"),
+                     "data": info.get("data")})
 
 
 def save_adapter(model, folder: Path, info: dict) -> Path:
@@ -520,9 +522,16 @@ def profile_rows(cfg: TrainConfig, tokens: int = 700, scored: int = 24, repeats:
               "first_pass_s": float(f"{seconds[0]:.3g}"), "seconds_per_row": float(f"{per_row:.3g}"),
               "rows_per_hour": int(3600 / per_row)}
     log(f"warm-up row cost: {per_row:.2f} s per row of {tokens} tokens ({result['rows_per_hour']} rows an hour; "
-        f"{cfg.base_policy}, {'LoRA r %d on the top %s layers' % (cfg.lora_r, cfg.lora_layers or 'all') if cfg.lora_r else 'full fine-tuning'}, "
+        f"{cfg.base_policy}, {_trained_weights(cfg)}, "
         f"{'bf16 autocast' if bf16 else 'float32'}, {device})")
     return result
+
+
+def _trained_weights(cfg: TrainConfig) -> str:
+    """Which weights a run trains, in words."""
+    if not cfg.lora_r:
+        return "full fine-tuning"
+    return f"LoRA r {cfg.lora_r} on {f'the top {cfg.lora_layers}' if cfg.lora_layers else 'all'} layers"
 
 
 def main(argv=None) -> int:

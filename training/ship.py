@@ -35,6 +35,17 @@ def continued_seconds(info: dict) -> str:
     return f", {earlier:.0f} s of the training time above; this run {info['train_seconds'] - earlier:.0f} s"
 
 
+def earlier_data(start: dict) -> str:
+    """What the run a continued warm-up started from read (its record's data section), for the
+    card's continued line; empty for records written before runs kept it."""
+    data = start.get("data") or {}
+    if not data.get("rows"):
+        return ""
+    share = data.get("tydiqa_share")
+    source = "" if share is None else ", TyDi GoldP included" if share > 0 else ", XQuAD only"
+    return f" drawn from {data['rows']} rows of {data.get('examples')} questions{source}"
+
+
 def grpo_legs(info: dict) -> tuple[dict, list[dict]]:
     """The warm-up behind a GRPO run's adapter (its training.json) and the GRPO runs that
     trained it further, oldest first: a GRPO run may start from another one's adapter."""
@@ -118,7 +129,8 @@ def model_card(name: str, info: dict, config_name: str, eval_md: str | None, bas
         f"({info['train_seconds'] / max(info.get('rows_trained') or 1, 1):.2g} s per row).",
         *([f"- How the time was spent: {info['train_note']}"] if info.get("train_note") else []),
         *([f"- Continued from the adapter `{start['adapter']}` after its {start['steps']} steps "
-           f"({start.get('rows_trained')} rows{continued_seconds(info)}; trained at {start.get('commit')}), "
+           f"({start.get('rows_trained')} rows{earlier_data(start)}{continued_seconds(info)}; trained at "
+           f"{start.get('commit')}), "
            f"with a fresh optimizer: "
            f"`--sft-start-adapter {start['adapter'].removeprefix('<repo>/')}`."] if (start := info.get("started_from")) else []),
         *(grpo_line(leg, "the warm-up's adapter" if i == 0 else "that adapter") for i, leg in enumerate(legs)),
