@@ -2,6 +2,8 @@
 through the plain LM head on those positions, equal to the model's own loss; a LoRA adapter
 on the top layers trains those layers alone. A tiny random Gemma 3 checks the arithmetic,
 not the model."""
+import re
+
 import pytest
 import torch
 
@@ -65,6 +67,21 @@ def test_the_row_cost_profile_times_forward_and_backward_of_the_configs_model(ti
     assert got["seconds_per_row"] > 0 and got["first_pass_s"] > 0
     assert got["rows_per_hour"] == pytest.approx(3600 / got["seconds_per_row"], rel=0.01)
     assert "s per row of 40 tokens" in lines[0] and "LoRA r 4 on the top 2 layers" in lines[0]
+
+
+def test_the_warmup_progress_line_tells_loss_speed_time_left_and_memory():
+    from types import SimpleNamespace
+
+    from training.sft import progress_callback
+
+    lines = []
+    progress = progress_callback(lines.append, rows_per_step=8, every=2)
+    for step in (1, 2, 3, 4):
+        state = SimpleNamespace(global_step=step, max_steps=10, log_history=[{"loss": 0.5, "step": step}])
+        progress.on_step_end(None, state, None)
+    assert len(lines) == 2 and lines[-1].startswith("warm-up step 4/10: loss 0.500, ")
+    resident, peak = re.search(r"resident ([\d.]+) GB, peak ([\d.]+) GB", lines[-1]).groups()
+    assert "s/row" in lines[-1] and "min left" in lines[-1] and 0 < float(resident) <= float(peak)
 
 
 def test_the_profile_names_the_weights_a_config_trains():

@@ -446,9 +446,12 @@ def training_clock(work: Path, resume_from: Path | None):
 
 
 def progress_callback(log=print, rows_per_step: int = 1, every: int = 5):
-    """A trainer callback that logs, every few steps, the loss, seconds per row and the time
-    left (the trainer's own bar is off: it garbles the logs of background runs)."""
+    """A trainer callback that logs, every few steps, the loss, seconds per row, the time left
+    and the process's resident and peak memory (the trainer's own bar is off: it garbles the
+    logs of background runs)."""
     from transformers import TrainerCallback
+
+    from training.logs import peak_rss_mb, rss_mb
 
     class ProgressLog(TrainerCallback):
         t0 = first = None
@@ -463,7 +466,8 @@ def progress_callback(log=print, rows_per_step: int = 1, every: int = 5):
                 loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), float("nan"))
                 log(f"warm-up step {state.global_step}/{state.max_steps}: loss {loss:.3f}, "
                     f"{per_step / rows_per_step:.2f} s/row, about "
-                    f"{per_step * (state.max_steps - state.global_step) / 60:.0f} min left")
+                    f"{per_step * (state.max_steps - state.global_step) / 60:.0f} min left; "
+                    f"resident {(now := rss_mb()) / 1024:.1f} GB, peak {max(peak_rss_mb(), now) / 1024:.1f} GB")
 
     return ProgressLog()
 
