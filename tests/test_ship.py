@@ -42,11 +42,11 @@ def test_a_continued_runs_card_says_what_the_run_it_continued_read():
         start = {"adapter": "<repo>/policies/old", "steps": 30, "rows_trained": 240, "commit": "abc", "data": data}
         return model_card("reader", {"train_seconds": 10.0, "rows_trained": 560, "started_from": start}, "x", None)
 
-    assert "(240 rows drawn from 405 rows of 1000 questions, XQuAD only;" in card(
+    assert "(240 rows drawn from 405 rows built from 1000 questions, XQuAD only;" in card(
         {"examples": 1000, "rows": 405, "tydiqa_share": 0.0})
-    assert "drawn from 7429 rows of 14376 questions, TyDi GoldP included" in card(
+    assert "drawn from 7429 rows built from 14376 questions, TyDi GoldP included" in card(
         {"examples": 14376, "rows": 7429, "tydiqa_share": 0.5})
-    assert "(240 rows drawn from 405 rows of 1000 questions;" in card({"examples": 1000, "rows": 405})  # no share kept
+    assert "(240 rows drawn from 405 rows built from 1000 questions;" in card({"examples": 1000, "rows": 405})  # no share kept
     assert "(240 rows; trained at abc)" in card(None)  # a record from before runs kept their data
 
 

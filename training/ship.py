@@ -43,7 +43,7 @@ def earlier_data(start: dict) -> str:
         return ""
     share = data.get("tydiqa_share")
     source = "" if share is None else ", TyDi GoldP included" if share > 0 else ", XQuAD only"
-    return f" drawn from {data['rows']} rows of {data.get('examples')} questions{source}"
+    return f" drawn from {data['rows']} rows built from {data.get('examples')} questions{source}"
 
 
 def grpo_legs(info: dict) -> tuple[dict, list[dict]]:

@@ -2,8 +2,9 @@
 optimizer step, its seconds and the process's resident and peak memory; with `--trim`, glibc
 is also asked to give freed memory back after every step (`training.sft._return_freed_memory`).
 
-    PYTHONPATH=. python mem_steps.py [--trim] --config cpu-qwen-reader --name NAME \
-        --sft_examples 60 --sft_grad_accum 1 --sft_steps 10 --sft_max_length 1280 --sft_save_steps 100
+    PYTHONPATH=. python training/results/2026-12-07-warmup-memory-xeon-avx2/mem_steps.py [--trim] \
+        --config cpu-qwen-reader --name NAME --sft_examples 60 --sft_grad_accum 1 --sft_steps 10 \
+        --sft_max_length 1280 --sft_save_steps 100
 """
 import sys
 import time
