@@ -34,6 +34,12 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def memory_mb() -> tuple[float, float]:
+    """Resident memory now and the process's peak, in MB (the peak taken no lower than now)."""
+    now = rss_mb()
+    return now, max(peak_rss_mb(), now)
+
+
 def read_rows(path: Path) -> list[dict]:
     if not Path(path).exists():
         return []
@@ -102,9 +108,10 @@ class StepLogger(TrainerCallback):
         logs = logs or {}
         if "reward" not in logs:  # the end-of-training summary, not a step
             return
+        resident, peak = memory_mb()
         row = {"step": state.global_step, "time_s": round(time.perf_counter() - self.t0, 1),
                "step_s": round(time.perf_counter() - self.step_start, 1) if self.step_start else "",
-               "rss_mb": round(now := rss_mb()), "peak_rss_mb": round(max(peak_rss_mb(), now))}
+               "rss_mb": round(resident), "peak_rss_mb": round(peak)}
         row.update({col: logs.get(key, "") for col, key in TRL_KEYS.items()})
         row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in self.stats.take().items()})
         self.rows.append(row)

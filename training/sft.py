@@ -451,7 +451,7 @@ def progress_callback(log=print, rows_per_step: int = 1, every: int = 5):
     logs of background runs)."""
     from transformers import TrainerCallback
 
-    from training.logs import peak_rss_mb, rss_mb
+    from training.logs import memory_mb
 
     class ProgressLog(TrainerCallback):
         t0 = first = None
@@ -464,10 +464,11 @@ def progress_callback(log=print, rows_per_step: int = 1, every: int = 5):
             if state.global_step % every == 0 and done > 0:
                 per_step = (time.perf_counter() - self.t0) / done
                 loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), float("nan"))
+                resident, peak = memory_mb()
                 log(f"warm-up step {state.global_step}/{state.max_steps}: loss {loss:.3f}, "
                     f"{per_step / rows_per_step:.2f} s/row, about "
                     f"{per_step * (state.max_steps - state.global_step) / 60:.0f} min left; "
-                    f"resident {(now := rss_mb()) / 1024:.1f} GB, peak {max(peak_rss_mb(), now) / 1024:.1f} GB")
+                    f"resident {resident / 1024:.1f} GB, peak {peak / 1024:.1f} GB")
 
     return ProgressLog()
 

@@ -35,14 +35,21 @@ def continued_seconds(info: dict) -> str:
     return f", {earlier:.0f} s of the training time above; this run {info['train_seconds'] - earlier:.0f} s"
 
 
+def _read_tydi(data: dict | None) -> bool | None:
+    """Whether a run's data record says it read TyDi GoldP; None for records written before
+    runs kept their `tydiqa_share`."""
+    share = (data or {}).get("tydiqa_share")
+    return None if share is None else share > 0
+
+
 def earlier_data(start: dict) -> str:
     """What the run a continued warm-up started from read (its record's data section), for the
     card's continued line; empty for records written before runs kept it."""
     data = start.get("data") or {}
     if not data.get("rows"):
         return ""
-    share = data.get("tydiqa_share")
-    source = "" if share is None else ", TyDi GoldP included" if share > 0 else ", XQuAD only"
+    tydi = _read_tydi(data)
+    source = "" if tydi is None else ", TyDi GoldP included" if tydi else ", XQuAD only"
     return f" drawn from {data['rows']} rows built from {data.get('examples')} questions{source}"
 
 
@@ -171,9 +178,8 @@ def read_tydiqa(info: dict, cfg: TrainConfig) -> bool:
     """Whether the warm-up behind an adapter read TyDi GoldP: its training.json says so. Older
     records do not: a warm-up's config then says it, and a GRPO run's is taken to have."""
     warmup, _ = grpo_legs(info)
-    share = (warmup.get("data") or {}).get("tydiqa_share")
-    if share is not None:
-        return share > 0
+    if (said := _read_tydi(warmup.get("data"))) is not None:
+        return said
     return cfg.tydiqa_share > 0 if info.get("kind") == "warmup" else True
 
 
